@@ -1,0 +1,119 @@
+//! The backend trait every runtime implements, and the choice among them.
+
+use crate::config::{BackendChoice, ModelConfigFile};
+use crate::model::{ModelSignature, Version};
+use crate::tensor::Tensor;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("backend '{backend}' is not available: {reason}")]
+    Unavailable { backend: &'static str, reason: String },
+    #[error("{backend} cannot load {path}: {message}")]
+    Load {
+        backend: &'static str,
+        path: PathBuf,
+        message: String,
+    },
+    /// The backend failed while computing; the message is the runtime's own.
+    #[error("{0}")]
+    Run(String),
+}
+
+/// What a backend needs to load one model version.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadRequest<'a> {
+    pub model_name: &'a str,
+    pub version: Version,
+    /// The model file (e.g. `<repo>/<model>/<version>/model.onnx`).
+    pub path: &'a Path,
+    pub config: &'a ModelConfigFile,
+}
+
+/// A loaded model. Implementations are synchronous and called from Kiln's own
+/// compute threads (never the async runtime's), possibly from several at once.
+pub trait Backend: Send + Sync {
+    /// Inputs and outputs as the model file declares them.
+    fn signature(&self) -> &ModelSignature;
+    /// Runs the model. `inputs` follow `signature().inputs` in order and have been
+    /// validated against it; the result follows `signature().outputs`.
+    fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, BackendError>;
+}
+
+/// Loads models for one runtime.
+pub trait BackendFactory: Send + Sync {
+    /// Name in configs and metadata (`onnxruntime`, `tract`).
+    fn name(&self) -> &'static str;
+    /// Triton-style platform string reported in model metadata and config.
+    fn platform(&self) -> &'static str;
+    /// `Err(reason)` when the runtime cannot be used in this process.
+    fn availability(&self) -> Result<(), String>;
+    fn load(&self, req: &LoadRequest<'_>) -> Result<Box<dyn Backend>, BackendError>;
+}
+
+/// A loaded backend and the factory that made it.
+pub struct LoadedBackend {
+    pub backend: Box<dyn Backend>,
+    pub name: &'static str,
+    pub platform: &'static str,
+    /// Set when the backend asked for could not be used and another served instead.
+    pub fallback_reason: Option<String>,
+}
+
+/// The runtimes compiled into this server.
+#[derive(Clone, Default)]
+pub struct Backends {
+    onnxruntime: Option<Arc<dyn BackendFactory>>,
+    tract: Option<Arc<dyn BackendFactory>>,
+}
+
+impl Backends {
+    pub fn new(onnxruntime: Option<Arc<dyn BackendFactory>>, tract: Option<Arc<dyn BackendFactory>>) -> Self {
+        Backends { onnxruntime, tract }
+    }
+
+    fn usable<'a>(f: &'a Option<Arc<dyn BackendFactory>>, name: &'static str) -> Result<&'a Arc<dyn BackendFactory>, String> {
+        match f {
+            None => Err(format!("{name} is not compiled into this server")),
+            Some(f) => f.availability().map(|_| f),
+        }
+    }
+
+    /// Loads a model with the configured backend. `auto` and `onnxruntime` fall back
+    /// to tract when ONNX Runtime is unavailable or cannot load the model.
+    pub fn load(&self, choice: BackendChoice, req: &LoadRequest<'_>) -> Result<LoadedBackend, BackendError> {
+        let with = |f: &Arc<dyn BackendFactory>, fallback_reason: Option<String>| {
+            f.load(req).map(|backend| LoadedBackend {
+                backend,
+                name: f.name(),
+                platform: f.platform(),
+                fallback_reason,
+            })
+        };
+        match choice {
+            BackendChoice::Tract => {
+                let f = Self::usable(&self.tract, "tract").map_err(|reason| BackendError::Unavailable { backend: "tract", reason })?;
+                with(f, None)
+            }
+            BackendChoice::Auto | BackendChoice::Onnxruntime => {
+                let ort_error = match Self::usable(&self.onnxruntime, "onnxruntime") {
+                    Ok(f) => match with(f, None) {
+                        Ok(b) => return Ok(b),
+                        Err(e) => e.to_string(),
+                    },
+                    Err(reason) => format!("ONNX Runtime is not available: {reason}"),
+                };
+                let tract = Self::usable(&self.tract, "tract").map_err(|reason| BackendError::Unavailable {
+                    backend: "tract",
+                    reason: format!("{reason}; and {ort_error}"),
+                })?;
+                with(tract, Some(ort_error.clone())).map_err(|e| BackendError::Load {
+                    backend: "tract",
+                    path: req.path.to_path_buf(),
+                    message: format!("{e}; and {ort_error}"),
+                })
+            }
+        }
+    }
+}

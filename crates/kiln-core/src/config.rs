@@ -1,0 +1,332 @@
+//! Per-model configuration: `<repo>/<model>/config.toml`.
+//!
+//! Everything is optional: inputs, outputs, datatypes, shapes and whether the model
+//! batches are read from the model file. The file only states what differs.
+
+use crate::dtype::DataType;
+use crate::model::{ModelSignature, TensorSpec};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Name of the per-model configuration file.
+pub const CONFIG_FILE: &str = "config.toml";
+/// Model file looked for in each version folder unless the config names another.
+pub const DEFAULT_MODEL_FILENAME: &str = "model.onnx";
+/// `max_batch_size` given to a model whose first dimension is variable when the
+/// config does not set one.
+pub const DEFAULT_MAX_BATCH_SIZE: u32 = 32;
+/// Requests a version queues before it rejects new ones (HTTP 503 / UNAVAILABLE).
+pub const DEFAULT_MAX_QUEUE_SIZE: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: field '{field}': {message}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+}
+
+/// Which backend runs the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// ONNX Runtime when its library was found, tract otherwise.
+    #[default]
+    Auto,
+    #[serde(alias = "ort")]
+    Onnxruntime,
+    Tract,
+}
+
+impl BackendChoice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Onnxruntime => "onnxruntime",
+            BackendChoice::Tract => "tract",
+        }
+    }
+}
+
+/// An input or output as written in `config.toml` (Triton's convention: `dims`
+/// exclude the batch dimension when the model batches).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorConfig {
+    pub name: String,
+    pub datatype: Option<String>,
+    pub dims: Option<Vec<i64>>,
+}
+
+/// The contents of `config.toml`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfigFile {
+    /// `auto` (default), `onnxruntime` or `tract`.
+    #[serde(default)]
+    pub backend: BackendChoice,
+    /// `cpu` (default).
+    pub device: Option<String>,
+    /// Largest batch one request (or, with batching, one execution) may carry;
+    /// 0 disables batching. Default: 32 when the model's first dimension is variable.
+    pub max_batch_size: Option<u32>,
+    /// Backend instances (threads) running this model in parallel. Default 1.
+    pub instance_count: Option<usize>,
+    /// Requests queued per version before new ones are rejected. Default 1024.
+    pub max_queue_size: Option<usize>,
+    /// Threads one backend instance uses inside an operator (0: the runtime's default).
+    pub intra_op_threads: Option<usize>,
+    /// Model file name inside each version folder. Default `model.onnx`.
+    pub default_model_filename: Option<String>,
+    #[serde(default)]
+    pub input: Vec<TensorConfig>,
+    #[serde(default)]
+    pub output: Vec<TensorConfig>,
+}
+
+impl ModelConfigFile {
+    /// Reads `<model_dir>/config.toml`; a missing file is the default config.
+    pub fn load(model_dir: &Path) -> Result<Self, ConfigError> {
+        let path = model_dir.join(CONFIG_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        Self::parse(&text, &path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let cfg: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field: &str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field: field.to_string(),
+            message,
+        };
+        if let Some(d) = &self.device {
+            if d != "cpu" {
+                return Err(invalid("device", format!("'{d}' is not supported by this build (expected \"cpu\")")));
+            }
+        }
+        if self.instance_count == Some(0) || self.instance_count.is_some_and(|n| n > 256) {
+            return Err(invalid("instance_count", "must be between 1 and 256".into()));
+        }
+        if self.max_queue_size == Some(0) {
+            return Err(invalid("max_queue_size", "must be at least 1".into()));
+        }
+        if let Some(f) = &self.default_model_filename {
+            if f.is_empty() || f.contains('/') || f.contains("..") {
+                return Err(invalid("default_model_filename", format!("'{f}' must be a plain file name")));
+            }
+        }
+        for (field, list) in [("input", &self.input), ("output", &self.output)] {
+            for (i, t) in list.iter().enumerate() {
+                if let Some(dt) = &t.datatype {
+                    dt.parse::<DataType>()
+                        .map_err(|e| invalid(&format!("{field}[{i}].datatype"), e.to_string()))?;
+                }
+                if let Some(dims) = &t.dims {
+                    if dims.iter().any(|&d| d < -1) {
+                        return Err(invalid(&format!("{field}[{i}].dims"), format!("{dims:?}: a dimension is a size or -1")));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn model_filename(&self) -> &str {
+        self.default_model_filename.as_deref().unwrap_or(DEFAULT_MODEL_FILENAME)
+    }
+
+    pub fn instances(&self) -> usize {
+        self.instance_count.unwrap_or(1)
+    }
+
+    pub fn queue_size(&self) -> usize {
+        self.max_queue_size.unwrap_or(DEFAULT_MAX_QUEUE_SIZE)
+    }
+}
+
+/// A model's interface once the config and the model file are reconciled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedSignature {
+    /// 0: no batching; shapes are exactly `inputs[].shape`.
+    pub max_batch_size: u32,
+    /// Full shapes; when `max_batch_size > 0` the first dimension is the batch (-1).
+    pub signature: ModelSignature,
+}
+
+/// Reconciles what the model file declares with what `config.toml` says.
+pub fn resolve_signature(
+    model: &ModelSignature,
+    cfg: &ModelConfigFile,
+    path: &Path,
+) -> Result<ResolvedSignature, ConfigError> {
+    let invalid = |field: String, message: String| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        field,
+        message,
+    };
+    let dynamic = model.has_dynamic_batch();
+    let max_batch_size = match cfg.max_batch_size {
+        Some(n) if n > 0 && !dynamic => {
+            return Err(invalid(
+                "max_batch_size".into(),
+                format!("{n} given, but the model's inputs and outputs do not all have a variable first dimension, so it cannot batch; set 0"),
+            ))
+        }
+        Some(n) => n,
+        None if dynamic => DEFAULT_MAX_BATCH_SIZE,
+        None => 0,
+    };
+    let mut signature = model.clone();
+    for (field, given, specs) in [
+        ("input", &cfg.input, &mut signature.inputs),
+        ("output", &cfg.output, &mut signature.outputs),
+    ] {
+        for (i, t) in given.iter().enumerate() {
+            let Some(spec) = specs.iter_mut().find(|s| s.name == t.name) else {
+                let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+                return Err(invalid(
+                    format!("{field}[{i}].name"),
+                    format!("the model has no {field} '{}' (it has {names:?})", t.name),
+                ));
+            };
+            if let Some(dt) = &t.datatype {
+                let dt: DataType = dt
+                    .parse()
+                    .map_err(|e: crate::dtype::UnknownDataType| invalid(format!("{field}[{i}].datatype"), e.to_string()))?;
+                if dt != spec.dtype {
+                    return Err(invalid(
+                        format!("{field}[{i}].datatype"),
+                        format!("{dt} given, but the model's {field} '{}' is {}", t.name, spec.dtype),
+                    ));
+                }
+            }
+            if let Some(dims) = &t.dims {
+                let full: Vec<i64> = if max_batch_size > 0 {
+                    std::iter::once(-1).chain(dims.iter().copied()).collect()
+                } else {
+                    dims.clone()
+                };
+                let compatible = full.len() == spec.shape.len()
+                    && full.iter().zip(&spec.shape).all(|(&c, &m)| m == -1 || c == m);
+                if !compatible {
+                    return Err(invalid(
+                        format!("{field}[{i}].dims"),
+                        format!(
+                            "{dims:?} does not fit the model's shape {:?} for '{}'{}",
+                            spec.shape,
+                            t.name,
+                            if max_batch_size > 0 { " (dims exclude the batch dimension)" } else { "" }
+                        ),
+                    ));
+                }
+                spec.shape = full;
+            }
+        }
+    }
+    Ok(ResolvedSignature {
+        max_batch_size,
+        signature,
+    })
+}
+
+/// A tensor's shape as Triton's model config writes it: without the batch dimension
+/// when the model batches.
+pub fn config_dims(spec: &TensorSpec, max_batch_size: u32) -> Vec<i64> {
+    if max_batch_size > 0 {
+        spec.shape.iter().skip(1).copied().collect()
+    } else {
+        spec.shape.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sig() -> ModelSignature {
+        ModelSignature {
+            inputs: vec![TensorSpec {
+                name: "x".into(),
+                dtype: DataType::Fp32,
+                shape: vec![-1, -1],
+            }],
+            outputs: vec![TensorSpec {
+                name: "y".into(),
+                dtype: DataType::Fp32,
+                shape: vec![-1, 4],
+            }],
+        }
+    }
+
+    fn parse(text: &str) -> Result<ModelConfigFile, ConfigError> {
+        ModelConfigFile::parse(text, Path::new("m/config.toml"))
+    }
+
+    #[test]
+    fn empty_config_derives_everything() {
+        let cfg = parse("").unwrap();
+        let r = resolve_signature(&sig(), &cfg, Path::new("m")).unwrap();
+        assert_eq!(r.max_batch_size, DEFAULT_MAX_BATCH_SIZE);
+        assert_eq!(r.signature, sig());
+    }
+
+    #[test]
+    fn dims_narrow_the_model_shape() {
+        let cfg = parse("max_batch_size = 8\n[[input]]\nname = \"x\"\ndims = [16]\n").unwrap();
+        let r = resolve_signature(&sig(), &cfg, Path::new("m")).unwrap();
+        assert_eq!(r.max_batch_size, 8);
+        assert_eq!(r.signature.inputs[0].shape, vec![-1, 16]);
+        assert_eq!(config_dims(&r.signature.inputs[0], 8), vec![16]);
+    }
+
+    #[test]
+    fn errors_name_file_and_field() {
+        let e = parse("backend = \"tensorrt\"").unwrap_err().to_string();
+        assert!(e.contains("m/config.toml"), "{e}");
+        let e = parse("max_batch = 3").unwrap_err().to_string();
+        assert!(e.contains("max_batch"), "{e}");
+        let e = parse("instance_count = 0").unwrap_err().to_string();
+        assert!(e.contains("instance_count"), "{e}");
+        let e = parse("[[input]]\nname = \"x\"\ndatatype = \"FP8\"").unwrap_err().to_string();
+        assert!(e.contains("input[0].datatype"), "{e}");
+        let cfg = parse("[[input]]\nname = \"nope\"").unwrap();
+        let e = resolve_signature(&sig(), &cfg, Path::new("m")).unwrap_err().to_string();
+        assert!(e.contains("input[0].name") && e.contains("nope"), "{e}");
+        let cfg = parse("[[output]]\nname = \"y\"\ndims = [5]").unwrap();
+        let e = resolve_signature(&sig(), &cfg, Path::new("m")).unwrap_err().to_string();
+        assert!(e.contains("output[0].dims"), "{e}");
+        let cfg = parse("[[output]]\nname = \"y\"\ndatatype = \"INT64\"").unwrap();
+        assert!(resolve_signature(&sig(), &cfg, Path::new("m")).is_err());
+    }
+
+    #[test]
+    fn fixed_first_dim_cannot_batch() {
+        let mut s = sig();
+        s.outputs[0].shape = vec![1, 4];
+        let r = resolve_signature(&s, &parse("").unwrap(), Path::new("m")).unwrap();
+        assert_eq!(r.max_batch_size, 0);
+        assert!(resolve_signature(&s, &parse("max_batch_size = 4").unwrap(), Path::new("m")).is_err());
+    }
+}

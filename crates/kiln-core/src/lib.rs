@@ -1,0 +1,23 @@
+//! Kiln's serving core: tensors, model configuration and repository, the backend
+//! trait, the model table and the inference path. Front ends (REST, gRPC) and
+//! backends (ONNX Runtime, tract) depend on this crate, never the reverse.
+
+pub mod backend;
+pub mod config;
+pub mod dtype;
+pub mod error;
+pub mod executor;
+pub mod infer;
+pub mod metrics;
+pub mod model;
+pub mod repository;
+pub mod server;
+pub mod tensor;
+
+pub use backend::{Backend, BackendError, BackendFactory, Backends, LoadRequest};
+pub use dtype::DataType;
+pub use error::{ErrorKind, KilnError};
+pub use infer::{InferInput, InferOutput, InferRequest, InferResponse};
+pub use model::{ModelSignature, TensorSpec, Version};
+pub use server::{Core, CoreOptions, IndexEntry, ModelState, ModelVersion};
+pub use tensor::Tensor;

@@ -1,0 +1,90 @@
+//! Metric names, help texts and label sets: the one place they are defined.
+//!
+//! Every per-model series carries `model` and `version` labels. Labels only ever
+//! take names of models that exist, never a name a client made up.
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Counter, Histogram, Unit};
+
+pub const REQUESTS_TOTAL: &str = "kiln_requests_total";
+pub const REQUEST_DURATION: &str = "kiln_request_duration_seconds";
+pub const QUEUE_DURATION: &str = "kiln_queue_duration_seconds";
+pub const COMPUTE_DURATION: &str = "kiln_compute_duration_seconds";
+pub const MODEL_LOAD_DURATION: &str = "kiln_model_load_duration_seconds";
+pub const MODEL_LOAD_FAILURES: &str = "kiln_model_load_failures_total";
+pub const MODEL_VERSIONS_LOADED: &str = "kiln_model_versions_loaded";
+
+/// Bucket bounds (seconds) for every latency histogram: 50 µs to 10 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Request outcomes, the values of the `outcome` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// The request did not fit the model (HTTP 400).
+    Invalid,
+    /// Refused without compute: queue full or unloading (HTTP 503).
+    Rejected,
+    /// The client went away before an answer.
+    Cancelled,
+    /// The backend failed.
+    Error,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Success,
+        Outcome::Invalid,
+        Outcome::Rejected,
+        Outcome::Cancelled,
+        Outcome::Error,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Invalid => "invalid",
+            Outcome::Rejected => "rejected",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// Registers help texts with the installed recorder.
+pub fn describe() {
+    describe_counter!(REQUESTS_TOTAL, "Inference requests by model, version and outcome (success, invalid, rejected, cancelled, error).");
+    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Time from a request reaching the core to its answer, successful requests.");
+    describe_histogram!(QUEUE_DURATION, Unit::Seconds, "Time a request waited in its version's queue before compute.");
+    describe_histogram!(COMPUTE_DURATION, Unit::Seconds, "Time the backend spent computing a request.");
+    describe_gauge!(MODEL_LOAD_DURATION, Unit::Seconds, "How long the last load of a model version took.");
+    describe_counter!(MODEL_LOAD_FAILURES, "Model versions that failed to load.");
+    describe_gauge!(MODEL_VERSIONS_LOADED, "Model versions loaded and serving (1 per version).");
+}
+
+/// Handles to one version's series, resolved once at load.
+pub struct VersionMetrics {
+    outcomes: [Counter; 5],
+    pub request: Histogram,
+    pub queue: Histogram,
+    pub compute: Histogram,
+}
+
+impl VersionMetrics {
+    pub fn new(model: &str, version: &str) -> Self {
+        let labels = [("model", model.to_string()), ("version", version.to_string())];
+        let outcome = |o: Outcome| {
+            metrics::counter!(REQUESTS_TOTAL, "model" => model.to_string(), "version" => version.to_string(), "outcome" => o.as_str())
+        };
+        VersionMetrics {
+            outcomes: Outcome::ALL.map(outcome),
+            request: metrics::histogram!(REQUEST_DURATION, &labels),
+            queue: metrics::histogram!(QUEUE_DURATION, &labels),
+            compute: metrics::histogram!(COMPUTE_DURATION, &labels),
+        }
+    }
+
+    pub fn count(&self, outcome: Outcome) {
+        self.outcomes[outcome as usize].increment(1);
+    }
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Creates the Python virtualenv the test suite and the model generator use.
+# Idempotent: re-running it only installs what is missing.
+#   KILN_VENV   where the venv lives (default: <repo>/.venv)
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+venv=${KILN_VENV:-$here/.venv}
+py=${PYTHON:-python3}
+if [ ! -x "$venv/bin/python" ]; then
+  "$py" -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install -q --upgrade pip
+"$venv/bin/python" -m pip install -q -r "$here/scripts/requirements.txt"
+# perf_analyzer from the tritonclient wheel needs libb64 (Debian) at run time.
+if ! ldconfig -p | grep -q 'libb64.so.0d'; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    (apt-get install -y -q libb64-0d >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q libb64-0d >/dev/null; }) \
+      || echo "warning: could not install libb64-0d; perf_analyzer tests will be skipped" >&2
+  else
+    echo "warning: libb64-0d missing; perf_analyzer tests will be skipped" >&2
+  fi
+fi
+echo "$venv"
