@@ -1,1 +1,339 @@
+//! ONNX Runtime backend, loaded dynamically (`ort` with `load-dynamic`).
+//!
+//! The shared library is found in this order (the first file that exists wins):
+//! 1. the path given to [`OrtFactory::new`] (`--onnxruntime-lib` / `KILN_ONNXRUNTIME_LIB`);
+//! 2. `ORT_DYLIB_PATH`;
+//! 3. `libonnxruntime.so*` beside the `kiln` executable, or in `../lib` from it;
+//! 4. the `onnxruntime` Python wheel inside a virtualenv: `$VIRTUAL_ENV`, `./.venv`, and the
+//!    `.venv` of the source tree the executable was built in (`target/<profile>/../../.venv`);
+//! 5. `/usr/local/lib`, `/usr/lib`, `/usr/lib/x86_64-linux-gnu`, `/opt/onnxruntime/lib`.
+//!
+//! When none is found, or the library cannot be initialised, the factory reports
+//! itself unavailable with the reason and the places searched, and models fall back
+//! to tract.
 
+use kiln_core::backend::{Backend, BackendError, BackendFactory, LoadRequest};
+use kiln_core::{DataType, ModelSignature, Tensor, TensorSpec};
+use ort::memory::Allocator;
+use ort::session::{Session, SessionInputValue};
+use ort::value::{DynTensor, DynTensorValueType, DynValue, TensorElementType, ValueType};
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+const NAME: &str = "onnxruntime";
+const LIB_PREFIX: &str = "libonnxruntime.so";
+
+/// Where to look for the ONNX Runtime library, in order, given an explicit path.
+pub fn search_paths(explicit: Option<&Path>) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut files: Vec<PathBuf> = Vec::new();
+    if let Some(p) = explicit {
+        files.push(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+        files.push(PathBuf::from(p));
+    }
+    let exe_dir = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf));
+    if let Some(d) = &exe_dir {
+        dirs.push(d.clone());
+        dirs.push(d.join("../lib"));
+    }
+    let mut venvs: Vec<PathBuf> = Vec::new();
+    if let Some(v) = std::env::var_os("VIRTUAL_ENV") {
+        venvs.push(PathBuf::from(v));
+    }
+    venvs.push(PathBuf::from(".venv"));
+    if let Some(d) = &exe_dir {
+        venvs.push(d.join("../../.venv"));
+    }
+    for v in venvs {
+        if let Ok(rd) = std::fs::read_dir(v.join("lib")) {
+            let mut pys: Vec<PathBuf> = rd
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("python3"))
+                .map(|e| e.path().join("site-packages/onnxruntime/capi"))
+                .collect();
+            pys.sort();
+            dirs.extend(pys);
+        }
+    }
+    for d in ["/usr/local/lib", "/usr/lib", "/usr/lib/x86_64-linux-gnu", "/opt/onnxruntime/lib"] {
+        dirs.push(PathBuf::from(d));
+    }
+    for d in dirs {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(LIB_PREFIX))
+            .map(|e| e.path())
+            .collect();
+        // Prefer the most specific name (libonnxruntime.so.1.31.1 over libonnxruntime.so).
+        found.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+        if found.is_empty() {
+            files.push(d.join(LIB_PREFIX));
+        } else {
+            files.extend(found);
+        }
+    }
+    files
+}
+
+/// Loads models with ONNX Runtime.
+pub struct OrtFactory {
+    explicit: Option<PathBuf>,
+    env: OnceLock<Result<(ort::environment::Environment, PathBuf), String>>,
+}
+
+impl OrtFactory {
+    pub fn new(explicit: Option<PathBuf>) -> Self {
+        OrtFactory {
+            explicit,
+            env: OnceLock::new(),
+        }
+    }
+
+    fn environment(&self) -> &Result<(ort::environment::Environment, PathBuf), String> {
+        self.env.get_or_init(|| {
+            let candidates = search_paths(self.explicit.as_deref());
+            let lib = match &self.explicit {
+                Some(p) if !p.is_file() => return Err(format!("--onnxruntime-lib {} does not exist", p.display())),
+                Some(p) => p.clone(),
+                None => candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
+                    let searched: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+                    format!(
+                        "library not found; set --onnxruntime-lib or ORT_DYLIB_PATH (searched: {})",
+                        searched.join(", ")
+                    )
+                })?,
+            };
+            let built = std::panic::catch_unwind(|| {
+                ort::init_from(&lib)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| b.with_name("kiln").build().map_err(|e| e.to_string()))
+            })
+            .map_err(|_| format!("{} panicked while initialising (ONNX Runtime 1.31 is required)", lib.display()))?;
+            built
+                .map(|env| (env, lib.clone()))
+                .map_err(|e| format!("cannot initialise {}: {e}", lib.display()))
+        })
+    }
+
+    /// The library in use, once initialised.
+    pub fn library(&self) -> Option<&Path> {
+        self.environment().as_ref().ok().map(|(_, p)| p.as_path())
+    }
+}
+
+impl BackendFactory for OrtFactory {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn platform(&self) -> &'static str {
+        "onnxruntime_onnx"
+    }
+
+    fn availability(&self) -> Result<(), String> {
+        self.environment().as_ref().map(|_| ()).map_err(Clone::clone)
+    }
+
+    fn load(&self, req: &LoadRequest<'_>) -> Result<Box<dyn Backend>, BackendError> {
+        let (env, _) = self.environment().as_ref().map_err(|reason| BackendError::Unavailable {
+            backend: NAME,
+            reason: reason.clone(),
+        })?;
+        let load_err = |message: String| BackendError::Load {
+            backend: NAME,
+            path: req.path.to_path_buf(),
+            message,
+        };
+        let instances = req.config.instances();
+        let mut sessions = Vec::with_capacity(instances);
+        for _ in 0..instances {
+            let mut builder = Session::builder(env).map_err(|e| load_err(e.to_string()))?;
+            if let Some(n) = req.config.intra_op_threads.filter(|&n| n > 0) {
+                builder = builder
+                    .with_intra_threads(n)
+                    .map_err(|e| load_err(ort::Error::<()>::from(e).to_string()))?;
+            }
+            let session = builder.commit_from_file(req.path).map_err(|e| load_err(e.to_string()))?;
+            sessions.push(Mutex::new(session));
+        }
+        let first = sessions[0].lock().map_err(|_| load_err("session poisoned".into()))?;
+        let signature = ModelSignature {
+            inputs: specs(first.inputs(), "input").map_err(load_err)?,
+            outputs: specs(first.outputs(), "output").map_err(load_err)?,
+        };
+        let input_types = signature
+            .inputs
+            .iter()
+            .map(|s| element_type(s.dtype))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(load_err)?;
+        drop(first);
+        Ok(Box::new(OrtBackend {
+            sessions,
+            next: AtomicUsize::new(0),
+            signature,
+            input_types,
+        }))
+    }
+}
+
+fn specs(outlets: &[ort::value::Outlet], what: &str) -> Result<Vec<TensorSpec>, String> {
+    outlets
+        .iter()
+        .map(|o| match o.dtype() {
+            ValueType::Tensor { ty, shape, .. } => Ok(TensorSpec {
+                name: o.name().to_string(),
+                dtype: data_type(*ty).ok_or_else(|| format!("{what} '{}' has element type {ty:?}, which Kiln does not serve", o.name()))?,
+                shape: shape.iter().map(|&d| if d < 0 { -1 } else { d }).collect(),
+            }),
+            other => Err(format!(
+                "{what} '{}' is {other}, not a tensor; only tensor inputs and outputs are served (for skl2onnx classifiers convert with zipmap=False)",
+                o.name()
+            )),
+        })
+        .collect()
+}
+
+fn data_type(t: TensorElementType) -> Option<DataType> {
+    Some(match t {
+        TensorElementType::Bool => DataType::Bool,
+        TensorElementType::Uint8 => DataType::Uint8,
+        TensorElementType::Uint16 => DataType::Uint16,
+        TensorElementType::Uint32 => DataType::Uint32,
+        TensorElementType::Uint64 => DataType::Uint64,
+        TensorElementType::Int8 => DataType::Int8,
+        TensorElementType::Int16 => DataType::Int16,
+        TensorElementType::Int32 => DataType::Int32,
+        TensorElementType::Int64 => DataType::Int64,
+        TensorElementType::Float16 => DataType::Fp16,
+        TensorElementType::Float32 => DataType::Fp32,
+        TensorElementType::Float64 => DataType::Fp64,
+        TensorElementType::Bfloat16 => DataType::Bf16,
+        TensorElementType::String => DataType::Bytes,
+        _ => return None,
+    })
+}
+
+fn element_type(d: DataType) -> Result<TensorElementType, String> {
+    Ok(match d {
+        DataType::Bool => TensorElementType::Bool,
+        DataType::Uint8 => TensorElementType::Uint8,
+        DataType::Uint16 => TensorElementType::Uint16,
+        DataType::Uint32 => TensorElementType::Uint32,
+        DataType::Uint64 => TensorElementType::Uint64,
+        DataType::Int8 => TensorElementType::Int8,
+        DataType::Int16 => TensorElementType::Int16,
+        DataType::Int32 => TensorElementType::Int32,
+        DataType::Int64 => TensorElementType::Int64,
+        DataType::Fp16 => TensorElementType::Float16,
+        DataType::Fp32 => TensorElementType::Float32,
+        DataType::Fp64 => TensorElementType::Float64,
+        DataType::Bf16 => TensorElementType::Bfloat16,
+        DataType::Bytes => TensorElementType::String,
+    })
+}
+
+/// One model loaded into ONNX Runtime: a session per instance, since running a
+/// session needs exclusive access.
+struct OrtBackend {
+    sessions: Vec<Mutex<Session>>,
+    next: AtomicUsize,
+    signature: ModelSignature,
+    input_types: Vec<TensorElementType>,
+}
+
+impl OrtBackend {
+    fn to_ort(&self, t: &Tensor, ty: TensorElementType, name: &str) -> Result<DynValue, BackendError> {
+        let shape: Vec<i64> = t.wire_shape();
+        if ty == TensorElementType::String {
+            let strings = t
+                .byte_elements()
+                .map_err(|e| BackendError::Run(e.to_string()))?
+                .into_iter()
+                .map(|b| {
+                    std::str::from_utf8(b)
+                        .map(str::to_owned)
+                        .map_err(|_| BackendError::Run(format!("input '{name}': ONNX Runtime string tensors need UTF-8 elements")))
+                })
+                .collect::<Result<Vec<String>, _>>()?;
+            let tensor = ort::value::Tensor::from_string_array((shape, strings.as_slice())).map_err(|e| BackendError::Run(e.to_string()))?;
+            return Ok(tensor.into_dyn());
+        }
+        let mut tensor = DynTensor::new(&Allocator::default(), ty, shape).map_err(|e| BackendError::Run(e.to_string()))?;
+        let bytes = t.data();
+        if !bytes.is_empty() {
+            let ptr = tensor.data_ptr_mut().cast::<u8>();
+            // SAFETY: the tensor was just allocated on the CPU with `ty` and `shape`, whose byte
+            // size equals `bytes.len()` (checked when the Kiln tensor was built and validated).
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), ptr, bytes.len()) };
+        }
+        Ok(tensor.into_dyn())
+    }
+}
+
+fn from_ort(value: DynValue, name: &str) -> Result<Tensor, BackendError> {
+    let err = |m: String| BackendError::Run(format!("output '{name}': {m}"));
+    let (ty, shape) = match value.dtype() {
+        ValueType::Tensor { ty, shape, .. } => (*ty, shape.clone()),
+        other => return Err(err(format!("is {other}, not a tensor"))),
+    };
+    let dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+    let dtype = data_type(ty).ok_or_else(|| err(format!("element type {ty:?} is not served")))?;
+    if dtype == DataType::Bytes {
+        let (_, strings) = value.try_extract_strings().map_err(|e| err(e.to_string()))?;
+        return Tensor::from_byte_elements(dims, &strings).map_err(|e| err(e.to_string()));
+    }
+    let tensor = value.downcast::<DynTensorValueType>().map_err(|e| err(e.to_string()))?;
+    let n = ty
+        .byte_size(shape.num_elements())
+        .ok_or_else(|| err("size overflows".into()))?;
+    let data = if n == 0 {
+        Vec::new()
+    } else {
+        let ptr = tensor.data_ptr().cast::<u8>();
+        if ptr.is_null() {
+            return Err(err("no data".into()));
+        }
+        // SAFETY: CPU tensor of `n` bytes owned by `tensor`, alive for this borrow.
+        unsafe { std::slice::from_raw_parts(ptr, n) }.to_vec()
+    };
+    Tensor::from_bytes(dtype, dims, data).map_err(|e| err(e.to_string()))
+}
+
+impl Backend for OrtBackend {
+    fn signature(&self) -> &ModelSignature {
+        &self.signature
+    }
+
+    fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, BackendError> {
+        let mut values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
+        for ((t, spec), ty) in inputs.iter().zip(&self.signature.inputs).zip(&self.input_types) {
+            values.push((Cow::Borrowed(spec.name.as_str()), self.to_ort(t, *ty, &spec.name)?.into()));
+        }
+        // Take a free session if there is one, else wait for the next in turn.
+        let n = self.sessions.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let mut guard = (0..n)
+            .find_map(|i| self.sessions[(start + i) % n].try_lock().ok())
+            .map(Ok)
+            .unwrap_or_else(|| self.sessions[start].lock())
+            .map_err(|_| BackendError::Run("session poisoned by an earlier panic".into()))?;
+        let mut outputs = guard.run(values).map_err(|e| BackendError::Run(e.to_string()))?;
+        self.signature
+            .outputs
+            .iter()
+            .map(|spec| {
+                let v = outputs
+                    .remove(spec.name.as_str())
+                    .ok_or_else(|| BackendError::Run(format!("output '{}' missing from ONNX Runtime's result", spec.name)))?;
+                from_ort(v, &spec.name)
+            })
+            .collect()
+    }
+}

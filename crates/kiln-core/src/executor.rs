@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// What the compute thread sends back.
+#[derive(Debug)]
 pub struct Computed {
     pub outputs: Result<Vec<Tensor>, KilnError>,
     pub queue: Duration,

@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod config;
 pub mod dtype;
+pub mod elements;
 pub mod error;
 pub mod executor;
 pub mod infer;

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Extensions of the V2 protocol this server implements completely.
-pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_configuration", "model_repository"];
+pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_configuration"];
 
 pub struct CoreOptions {
     pub repository: PathBuf,

@@ -1,1 +1,232 @@
+//! Kiln's gRPC front end: `inference.GRPCInferenceService`, wire-compatible with
+//! Triton's `grpc_service.proto`. It only decodes, validates and encodes; the core
+//! does the work.
 
+pub mod convert;
+
+/// Generated protocol types (package `inference`).
+pub mod pb {
+    #![allow(clippy::all, clippy::pedantic)]
+    tonic::include_proto!("inference");
+}
+
+use futures_util::{Stream, StreamExt};
+use kiln_core::config::config_dims;
+use kiln_core::{Core, ErrorKind, KilnError, ModelVersion};
+use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use pb::*;
+use std::pin::Pin;
+use tonic::{Request, Response, Status};
+
+pub use pb::grpc_inference_service_client::GrpcInferenceServiceClient;
+
+/// Maps the core's error to a gRPC status: the one place this mapping lives.
+pub fn status(e: KilnError) -> Status {
+    match e.kind {
+        ErrorKind::InvalidArgument => Status::invalid_argument(e.message),
+        ErrorKind::NotFound => Status::not_found(e.message),
+        ErrorKind::Unavailable => Status::unavailable(e.message),
+        ErrorKind::DeadlineExceeded => Status::deadline_exceeded(e.message),
+        ErrorKind::Internal => Status::internal(e.message),
+    }
+}
+
+/// The service implementation, holding a clone of the core handle.
+#[derive(Clone)]
+pub struct InferenceService {
+    core: Core,
+}
+
+impl InferenceService {
+    pub fn new(core: Core) -> Self {
+        InferenceService { core }
+    }
+
+    /// A tonic service with message size limits applied.
+    pub fn into_server(self, max_message_bytes: usize) -> GrpcInferenceServiceServer<Self> {
+        GrpcInferenceServiceServer::new(self)
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes)
+    }
+
+    async fn infer(core: &Core, req: ModelInferRequest) -> Result<ModelInferResponse, Status> {
+        let req = convert::request(req).map_err(status)?;
+        let resp = core.infer(req).await.map_err(status)?;
+        Ok(convert::response(resp))
+    }
+}
+
+fn version_arg(v: &str) -> Option<&str> {
+    Some(v).filter(|v| !v.is_empty())
+}
+
+fn model_config(mv: &ModelVersion) -> ModelConfig {
+    let mb = mv.max_batch_size;
+    ModelConfig {
+        name: mv.name.clone(),
+        platform: mv.platform.to_string(),
+        backend: mv.backend.to_string(),
+        max_batch_size: i32::try_from(mb).unwrap_or(i32::MAX),
+        input: mv
+            .signature
+            .inputs
+            .iter()
+            .map(|s| ModelInput {
+                name: s.name.clone(),
+                data_type: convert::config_type(s.dtype) as i32,
+                dims: config_dims(s, mb),
+                ..Default::default()
+            })
+            .collect(),
+        output: mv
+            .signature
+            .outputs
+            .iter()
+            .map(|s| ModelOutput {
+                name: s.name.clone(),
+                data_type: convert::config_type(s.dtype) as i32,
+                dims: config_dims(s, mb),
+            })
+            .collect(),
+        instance_group: vec![ModelInstanceGroup {
+            name: format!("{}_0", mv.name),
+            count: i32::try_from(mv.config.instances()).unwrap_or(1),
+            gpus: vec![],
+            kind: model_instance_group::Kind::Cpu as i32,
+        }],
+        default_model_filename: mv.config.model_filename().to_string(),
+        version_policy: Some(ModelVersionPolicy {
+            policy_choice: Some(model_version_policy::PolicyChoice::Latest(model_version_policy::Latest { num_versions: 1 })),
+        }),
+        ..Default::default()
+    }
+}
+
+type StreamResult = Pin<Box<dyn Stream<Item = Result<ModelStreamInferResponse, Status>> + Send + 'static>>;
+
+/// Requests of one stream computed at once; answers keep the order of requests.
+const STREAM_CONCURRENCY: usize = 64;
+
+#[tonic::async_trait]
+impl GrpcInferenceService for InferenceService {
+    async fn server_live(&self, _: Request<ServerLiveRequest>) -> Result<Response<ServerLiveResponse>, Status> {
+        Ok(Response::new(ServerLiveResponse { live: self.core.is_live() }))
+    }
+
+    async fn server_ready(&self, _: Request<ServerReadyRequest>) -> Result<Response<ServerReadyResponse>, Status> {
+        Ok(Response::new(ServerReadyResponse { ready: self.core.is_ready() }))
+    }
+
+    async fn model_ready(&self, r: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
+        let r = r.into_inner();
+        let ready = match self.core.model(&r.name, version_arg(&r.version)) {
+            Ok(_) => true,
+            Err(e) if e.kind == ErrorKind::Unavailable => false,
+            Err(e) => return Err(status(e)),
+        };
+        Ok(Response::new(ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(&self, _: Request<ServerMetadataRequest>) -> Result<Response<ServerMetadataResponse>, Status> {
+        let m = self.core.server_metadata();
+        Ok(Response::new(ServerMetadataResponse {
+            name: m.name.to_string(),
+            version: m.version.to_string(),
+            extensions: m.extensions.iter().map(|s| s.to_string()).collect(),
+        }))
+    }
+
+    async fn model_metadata(&self, r: Request<ModelMetadataRequest>) -> Result<Response<ModelMetadataResponse>, Status> {
+        let r = r.into_inner();
+        let mv = self.core.model(&r.name, version_arg(&r.version)).map_err(status)?;
+        let meta = |s: &kiln_core::TensorSpec| model_metadata_response::TensorMetadata {
+            name: s.name.clone(),
+            datatype: s.dtype.as_str().to_string(),
+            shape: s.shape.clone(),
+        };
+        Ok(Response::new(ModelMetadataResponse {
+            name: mv.name.clone(),
+            versions: self.core.versions(&mv.name).iter().map(|v| v.to_string()).collect(),
+            platform: mv.platform.to_string(),
+            inputs: mv.signature.inputs.iter().map(meta).collect(),
+            outputs: mv.signature.outputs.iter().map(meta).collect(),
+        }))
+    }
+
+    async fn model_infer(&self, r: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
+        Self::infer(&self.core, r.into_inner()).await.map(Response::new)
+    }
+
+    type ModelStreamInferStream = StreamResult;
+
+    async fn model_stream_infer(
+        &self,
+        r: Request<tonic::Streaming<ModelInferRequest>>,
+    ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        let core = self.core.clone();
+        let out = r
+            .into_inner()
+            .map(move |item| {
+                let core = core.clone();
+                async move {
+                    let req = match item {
+                        Ok(req) => req,
+                        // The stream itself broke (e.g. a message over the size limit): end it with that status.
+                        Err(s) => return Err(s),
+                    };
+                    // Errors of one request travel in the stream; the stream goes on.
+                    Ok(match Self::infer(&core, req).await {
+                        Ok(resp) => ModelStreamInferResponse {
+                            error_message: String::new(),
+                            infer_response: Some(resp),
+                        },
+                        Err(s) => ModelStreamInferResponse {
+                            error_message: s.message().to_string(),
+                            infer_response: None,
+                        },
+                    })
+                }
+            })
+            .buffered(STREAM_CONCURRENCY);
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn model_config(&self, r: Request<ModelConfigRequest>) -> Result<Response<ModelConfigResponse>, Status> {
+        let r = r.into_inner();
+        let mv = self.core.model(&r.name, version_arg(&r.version)).map_err(status)?;
+        Ok(Response::new(ModelConfigResponse {
+            config: Some(model_config(&mv)),
+        }))
+    }
+
+    async fn model_statistics(&self, _: Request<ModelStatisticsRequest>) -> Result<Response<ModelStatisticsResponse>, Status> {
+        Err(Status::unimplemented("the statistics extension is not available yet"))
+    }
+
+    async fn repository_index(&self, r: Request<RepositoryIndexRequest>) -> Result<Response<RepositoryIndexResponse>, Status> {
+        let r = r.into_inner();
+        let models = self
+            .core
+            .index(r.ready)
+            .into_iter()
+            .map(|e| repository_index_response::ModelIndex {
+                name: e.name,
+                version: e.version.map(|v| v.to_string()).unwrap_or_default(),
+                state: e.state.as_str().to_string(),
+                reason: e.reason,
+            })
+            .collect();
+        Ok(Response::new(RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(&self, _: Request<RepositoryModelLoadRequest>) -> Result<Response<RepositoryModelLoadResponse>, Status> {
+        Err(Status::unimplemented("model control (load/unload) is not enabled in this server"))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        _: Request<RepositoryModelUnloadRequest>,
+    ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
+        Err(Status::unimplemented("model control (load/unload) is not enabled in this server"))
+    }
+}

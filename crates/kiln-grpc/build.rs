@@ -1,0 +1,11 @@
+// Compiles proto/*.proto with protox (pure Rust): no `protoc` is needed.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let fds = protox::compile(["grpc_service.proto"], [&proto_dir])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    println!("cargo:rerun-if-changed={}", proto_dir.display());
+    Ok(())
+}

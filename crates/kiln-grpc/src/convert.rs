@@ -1,0 +1,130 @@
+//! Protocol messages to core types and back.
+
+use crate::pb::{self, model_infer_request::InferInputTensor, InferTensorContents, ModelInferRequest, ModelInferResponse};
+use kiln_core::elements::{ElementWriter, Value};
+use kiln_core::tensor::dims_from_wire;
+use kiln_core::{DataType, InferInput, InferRequest, InferResponse, KilnError, Tensor};
+
+pub fn config_type(d: DataType) -> pb::DataType {
+    match d {
+        DataType::Bool => pb::DataType::TypeBool,
+        DataType::Uint8 => pb::DataType::TypeUint8,
+        DataType::Uint16 => pb::DataType::TypeUint16,
+        DataType::Uint32 => pb::DataType::TypeUint32,
+        DataType::Uint64 => pb::DataType::TypeUint64,
+        DataType::Int8 => pb::DataType::TypeInt8,
+        DataType::Int16 => pb::DataType::TypeInt16,
+        DataType::Int32 => pb::DataType::TypeInt32,
+        DataType::Int64 => pb::DataType::TypeInt64,
+        DataType::Fp16 => pb::DataType::TypeFp16,
+        DataType::Fp32 => pb::DataType::TypeFp32,
+        DataType::Fp64 => pb::DataType::TypeFp64,
+        DataType::Bf16 => pb::DataType::TypeBf16,
+        DataType::Bytes => pb::DataType::TypeString,
+    }
+}
+
+/// Decodes a ModelInferRequest into the core's request.
+pub fn request(r: ModelInferRequest) -> Result<InferRequest, KilnError> {
+    let model = r.model_name;
+    if model.is_empty() {
+        return Err(KilnError::invalid("model_name is empty"));
+    }
+    let raw = r.raw_input_contents;
+    if !raw.is_empty() && raw.len() != r.inputs.len() {
+        return Err(KilnError::invalid(format!(
+            "raw_input_contents has {} entries for {} inputs; give one per input, in order",
+            raw.len(),
+            r.inputs.len()
+        )));
+    }
+    let mut raw = raw.into_iter();
+    let mut inputs = Vec::with_capacity(r.inputs.len());
+    for t in r.inputs {
+        let tensor = input_tensor(&model, &t, raw.next())?;
+        inputs.push(InferInput { name: t.name, tensor });
+    }
+    let mut outputs = Vec::with_capacity(r.outputs.len());
+    for o in r.outputs {
+        if o.parameters.contains_key("classification") {
+            return Err(KilnError::invalid(format!("output '{}': the classification extension is not supported", o.name)));
+        }
+        outputs.push(o.name);
+    }
+    Ok(InferRequest {
+        model,
+        version: Some(r.model_version).filter(|v| !v.is_empty()),
+        id: Some(r.id).filter(|v| !v.is_empty()),
+        inputs,
+        outputs,
+    })
+}
+
+fn input_tensor(model: &str, t: &InferInputTensor, raw: Option<Vec<u8>>) -> Result<Tensor, KilnError> {
+    let err = |m: String| KilnError::invalid(format!("model '{model}' input '{}': {m}", t.name));
+    let dtype: DataType = t.datatype.parse().map_err(|e: kiln_core::dtype::UnknownDataType| err(e.to_string()))?;
+    let shape = dims_from_wire(&t.shape).map_err(|e| err(e.to_string()))?;
+    kiln_core::tensor::element_count(&shape).map_err(|e| err(e.to_string()))?;
+    if let Some(bytes) = raw {
+        if t.contents.is_some() {
+            return Err(err("has both contents and raw_input_contents".into()));
+        }
+        return Tensor::from_bytes(dtype, shape, bytes).map_err(|e| err(e.to_string()));
+    }
+    let Some(c) = &t.contents else {
+        return Err(err("has no data (set contents or raw_input_contents)".into()));
+    };
+    let mut w = ElementWriter::new(dtype);
+    let push_all = |w: &mut ElementWriter, vals: &mut dyn Iterator<Item = Value<'_>>| -> Result<(), KilnError> {
+        for (i, v) in vals.enumerate() {
+            w.push(v).map_err(|m| err(format!("element {i}: {m}")))?;
+        }
+        Ok(())
+    };
+    let InferTensorContents {
+        bool_contents,
+        int_contents,
+        int64_contents,
+        uint_contents,
+        uint64_contents,
+        fp32_contents,
+        fp64_contents,
+        bytes_contents,
+    } = c;
+    match dtype {
+        DataType::Bool => push_all(&mut w, &mut bool_contents.iter().map(|&b| Value::Bool(b)))?,
+        DataType::Int8 | DataType::Int16 | DataType::Int32 => push_all(&mut w, &mut int_contents.iter().map(|&i| Value::Int(i as i64)))?,
+        DataType::Int64 => push_all(&mut w, &mut int64_contents.iter().map(|&i| Value::Int(i)))?,
+        DataType::Uint8 | DataType::Uint16 | DataType::Uint32 => push_all(&mut w, &mut uint_contents.iter().map(|&u| Value::Uint(u as u64)))?,
+        DataType::Uint64 => push_all(&mut w, &mut uint64_contents.iter().map(|&u| Value::Uint(u)))?,
+        DataType::Fp32 => push_all(&mut w, &mut fp32_contents.iter().map(|&f| Value::Float(f as f64)))?,
+        DataType::Fp64 => push_all(&mut w, &mut fp64_contents.iter().map(|&f| Value::Float(f)))?,
+        DataType::Bytes => push_all(&mut w, &mut bytes_contents.iter().map(|b| Value::Bytes(b)))?,
+        DataType::Fp16 | DataType::Bf16 => return Err(err(format!("{dtype} data must be sent in raw_input_contents"))),
+    }
+    w.finish(shape).map_err(|e| err(e.to_string()))
+}
+
+/// Encodes the core's response; outputs travel as raw contents, in order.
+pub fn response(r: InferResponse) -> ModelInferResponse {
+    let mut outputs = Vec::with_capacity(r.outputs.len());
+    let mut raw = Vec::with_capacity(r.outputs.len());
+    for o in r.outputs {
+        outputs.push(pb::model_infer_response::InferOutputTensor {
+            name: o.name,
+            datatype: o.tensor.dtype().as_str().to_string(),
+            shape: o.tensor.wire_shape(),
+            parameters: Default::default(),
+            contents: None,
+        });
+        raw.push(o.tensor.into_data());
+    }
+    ModelInferResponse {
+        model_name: r.model,
+        model_version: r.version.to_string(),
+        id: r.id.unwrap_or_default(),
+        parameters: Default::default(),
+        outputs,
+        raw_output_contents: raw,
+    }
+}
