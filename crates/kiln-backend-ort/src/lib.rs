@@ -35,7 +35,9 @@ pub fn search_paths(explicit: Option<&Path>) -> Vec<PathBuf> {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
         files.push(PathBuf::from(p));
     }
-    let exe_dir = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf));
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf));
     if let Some(d) = &exe_dir {
         dirs.push(d.clone());
         dirs.push(d.join("../lib"));
@@ -59,7 +61,12 @@ pub fn search_paths(explicit: Option<&Path>) -> Vec<PathBuf> {
             dirs.extend(pys);
         }
     }
-    for d in ["/usr/local/lib", "/usr/lib", "/usr/lib/x86_64-linux-gnu", "/opt/onnxruntime/lib"] {
+    for d in [
+        "/usr/local/lib",
+        "/usr/lib",
+        "/usr/lib/x86_64-linux-gnu",
+        "/opt/onnxruntime/lib",
+    ] {
         dirs.push(PathBuf::from(d));
     }
     for d in dirs {
@@ -99,22 +106,34 @@ impl OrtFactory {
         self.env.get_or_init(|| {
             let candidates = search_paths(self.explicit.as_deref());
             let lib = match &self.explicit {
-                Some(p) if !p.is_file() => return Err(format!("--onnxruntime-lib {} does not exist", p.display())),
+                Some(p) if !p.is_file() => {
+                    return Err(format!("--onnxruntime-lib {} does not exist", p.display()))
+                }
                 Some(p) => p.clone(),
-                None => candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
-                    let searched: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
-                    format!(
+                None => candidates
+                    .iter()
+                    .find(|p| p.is_file())
+                    .cloned()
+                    .ok_or_else(|| {
+                        let searched: Vec<String> =
+                            candidates.iter().map(|p| p.display().to_string()).collect();
+                        format!(
                         "library not found; set --onnxruntime-lib or ORT_DYLIB_PATH (searched: {})",
                         searched.join(", ")
                     )
-                })?,
+                    })?,
             };
             let built = std::panic::catch_unwind(|| {
                 ort::init_from(&lib)
                     .map_err(|e| e.to_string())
                     .and_then(|b| b.with_name("kiln").build().map_err(|e| e.to_string()))
             })
-            .map_err(|_| format!("{} panicked while initialising (ONNX Runtime 1.31 is required)", lib.display()))?;
+            .map_err(|_| {
+                format!(
+                    "{} panicked while initialising (ONNX Runtime 1.31 is required)",
+                    lib.display()
+                )
+            })?;
             built
                 .map(|env| (env, lib.clone()))
                 .map_err(|e| format!("cannot initialise {}: {e}", lib.display()))
@@ -137,14 +156,20 @@ impl BackendFactory for OrtFactory {
     }
 
     fn availability(&self) -> Result<(), String> {
-        self.environment().as_ref().map(|_| ()).map_err(Clone::clone)
+        self.environment()
+            .as_ref()
+            .map(|_| ())
+            .map_err(Clone::clone)
     }
 
     fn load(&self, req: &LoadRequest<'_>) -> Result<Box<dyn Backend>, BackendError> {
-        let (env, _) = self.environment().as_ref().map_err(|reason| BackendError::Unavailable {
-            backend: NAME,
-            reason: reason.clone(),
-        })?;
+        let (env, _) = self
+            .environment()
+            .as_ref()
+            .map_err(|reason| BackendError::Unavailable {
+                backend: NAME,
+                reason: reason.clone(),
+            })?;
         let load_err = |message: String| BackendError::Load {
             backend: NAME,
             path: req.path.to_path_buf(),
@@ -159,10 +184,14 @@ impl BackendFactory for OrtFactory {
                     .with_intra_threads(n)
                     .map_err(|e| load_err(ort::Error::<()>::from(e).to_string()))?;
             }
-            let session = builder.commit_from_file(req.path).map_err(|e| load_err(e.to_string()))?;
+            let session = builder
+                .commit_from_file(req.path)
+                .map_err(|e| load_err(e.to_string()))?;
             sessions.push(Mutex::new(session));
         }
-        let first = sessions[0].lock().map_err(|_| load_err("session poisoned".into()))?;
+        let first = sessions[0]
+            .lock()
+            .map_err(|_| load_err("session poisoned".into()))?;
         let signature = ModelSignature {
             inputs: specs(first.inputs(), "input").map_err(load_err)?,
             outputs: specs(first.outputs(), "output").map_err(load_err)?,
@@ -249,7 +278,12 @@ struct OrtBackend {
 }
 
 impl OrtBackend {
-    fn to_ort(&self, t: &Tensor, ty: TensorElementType, name: &str) -> Result<DynValue, BackendError> {
+    fn to_ort(
+        &self,
+        t: &Tensor,
+        ty: TensorElementType,
+        name: &str,
+    ) -> Result<DynValue, BackendError> {
         let shape: Vec<i64> = t.wire_shape();
         if ty == TensorElementType::String {
             let strings = t
@@ -257,15 +291,19 @@ impl OrtBackend {
                 .map_err(|e| BackendError::Run(e.to_string()))?
                 .into_iter()
                 .map(|b| {
-                    std::str::from_utf8(b)
-                        .map(str::to_owned)
-                        .map_err(|_| BackendError::Run(format!("input '{name}': ONNX Runtime string tensors need UTF-8 elements")))
+                    std::str::from_utf8(b).map(str::to_owned).map_err(|_| {
+                        BackendError::Run(format!(
+                            "input '{name}': ONNX Runtime string tensors need UTF-8 elements"
+                        ))
+                    })
                 })
                 .collect::<Result<Vec<String>, _>>()?;
-            let tensor = ort::value::Tensor::from_string_array((shape, strings.as_slice())).map_err(|e| BackendError::Run(e.to_string()))?;
+            let tensor = ort::value::Tensor::from_string_array((shape, strings.as_slice()))
+                .map_err(|e| BackendError::Run(e.to_string()))?;
             return Ok(tensor.into_dyn());
         }
-        let mut tensor = DynTensor::new(&Allocator::default(), ty, shape).map_err(|e| BackendError::Run(e.to_string()))?;
+        let mut tensor = DynTensor::new(&Allocator::default(), ty, shape)
+            .map_err(|e| BackendError::Run(e.to_string()))?;
         let bytes = t.data();
         if !bytes.is_empty() {
             let ptr = tensor.data_ptr_mut().cast::<u8>();
@@ -286,10 +324,14 @@ fn from_ort(value: DynValue, name: &str) -> Result<Tensor, BackendError> {
     let dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
     let dtype = data_type(ty).ok_or_else(|| err(format!("element type {ty:?} is not served")))?;
     if dtype == DataType::Bytes {
-        let (_, strings) = value.try_extract_strings().map_err(|e| err(e.to_string()))?;
+        let (_, strings) = value
+            .try_extract_strings()
+            .map_err(|e| err(e.to_string()))?;
         return Tensor::from_byte_elements(dims, &strings).map_err(|e| err(e.to_string()));
     }
-    let tensor = value.downcast::<DynTensorValueType>().map_err(|e| err(e.to_string()))?;
+    let tensor = value
+        .downcast::<DynTensorValueType>()
+        .map_err(|e| err(e.to_string()))?;
     let n = ty
         .byte_size(shape.num_elements())
         .ok_or_else(|| err("size overflows".into()))?;
@@ -312,9 +354,17 @@ impl Backend for OrtBackend {
     }
 
     fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, BackendError> {
-        let mut values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
-        for ((t, spec), ty) in inputs.iter().zip(&self.signature.inputs).zip(&self.input_types) {
-            values.push((Cow::Borrowed(spec.name.as_str()), self.to_ort(t, *ty, &spec.name)?.into()));
+        let mut values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
+            Vec::with_capacity(inputs.len());
+        for ((t, spec), ty) in inputs
+            .iter()
+            .zip(&self.signature.inputs)
+            .zip(&self.input_types)
+        {
+            values.push((
+                Cow::Borrowed(spec.name.as_str()),
+                self.to_ort(t, *ty, &spec.name)?.into(),
+            ));
         }
         // Take a free session if there is one, else wait for the next in turn.
         let n = self.sessions.len();
@@ -324,14 +374,19 @@ impl Backend for OrtBackend {
             .map(Ok)
             .unwrap_or_else(|| self.sessions[start].lock())
             .map_err(|_| BackendError::Run("session poisoned by an earlier panic".into()))?;
-        let mut outputs = guard.run(values).map_err(|e| BackendError::Run(e.to_string()))?;
+        let mut outputs = guard
+            .run(values)
+            .map_err(|e| BackendError::Run(e.to_string()))?;
         self.signature
             .outputs
             .iter()
             .map(|spec| {
-                let v = outputs
-                    .remove(spec.name.as_str())
-                    .ok_or_else(|| BackendError::Run(format!("output '{}' missing from ONNX Runtime's result", spec.name)))?;
+                let v = outputs.remove(spec.name.as_str()).ok_or_else(|| {
+                    BackendError::Run(format!(
+                        "output '{}' missing from ONNX Runtime's result",
+                        spec.name
+                    ))
+                })?;
                 from_ort(v, &spec.name)
             })
             .collect()

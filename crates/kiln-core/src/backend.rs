@@ -9,13 +9,19 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("backend '{backend}' is not available: {reason}")]
-    Unavailable { backend: &'static str, reason: String },
+    Unavailable {
+        backend: &'static str,
+        reason: String,
+    },
     #[error("{backend} cannot load {path}: {message}")]
     Load {
         backend: &'static str,
         path: PathBuf,
         message: String,
     },
+    /// Neither the backend asked for nor its fallback could load the model.
+    #[error("{0}")]
+    Fallback(String),
     /// The backend failed while computing; the message is the runtime's own.
     #[error("{0}")]
     Run(String),
@@ -69,11 +75,17 @@ pub struct Backends {
 }
 
 impl Backends {
-    pub fn new(onnxruntime: Option<Arc<dyn BackendFactory>>, tract: Option<Arc<dyn BackendFactory>>) -> Self {
+    pub fn new(
+        onnxruntime: Option<Arc<dyn BackendFactory>>,
+        tract: Option<Arc<dyn BackendFactory>>,
+    ) -> Self {
         Backends { onnxruntime, tract }
     }
 
-    fn usable<'a>(f: &'a Option<Arc<dyn BackendFactory>>, name: &'static str) -> Result<&'a Arc<dyn BackendFactory>, String> {
+    fn usable<'a>(
+        f: &'a Option<Arc<dyn BackendFactory>>,
+        name: &'static str,
+    ) -> Result<&'a Arc<dyn BackendFactory>, String> {
         match f {
             None => Err(format!("{name} is not compiled into this server")),
             Some(f) => f.availability().map(|_| f),
@@ -82,7 +94,11 @@ impl Backends {
 
     /// Loads a model with the configured backend. `auto` and `onnxruntime` fall back
     /// to tract when ONNX Runtime is unavailable or cannot load the model.
-    pub fn load(&self, choice: BackendChoice, req: &LoadRequest<'_>) -> Result<LoadedBackend, BackendError> {
+    pub fn load(
+        &self,
+        choice: BackendChoice,
+        req: &LoadRequest<'_>,
+    ) -> Result<LoadedBackend, BackendError> {
         let with = |f: &Arc<dyn BackendFactory>, fallback_reason: Option<String>| {
             f.load(req).map(|backend| LoadedBackend {
                 backend,
@@ -93,7 +109,12 @@ impl Backends {
         };
         match choice {
             BackendChoice::Tract => {
-                let f = Self::usable(&self.tract, "tract").map_err(|reason| BackendError::Unavailable { backend: "tract", reason })?;
+                let f = Self::usable(&self.tract, "tract").map_err(|reason| {
+                    BackendError::Unavailable {
+                        backend: "tract",
+                        reason,
+                    }
+                })?;
                 with(f, None)
             }
             BackendChoice::Auto | BackendChoice::Onnxruntime => {
@@ -104,15 +125,14 @@ impl Backends {
                     },
                     Err(reason) => format!("ONNX Runtime is not available: {reason}"),
                 };
-                let tract = Self::usable(&self.tract, "tract").map_err(|reason| BackendError::Unavailable {
-                    backend: "tract",
-                    reason: format!("{reason}; and {ort_error}"),
+                let tract = Self::usable(&self.tract, "tract").map_err(|reason| {
+                    BackendError::Unavailable {
+                        backend: "tract",
+                        reason: format!("{reason}; and {ort_error}"),
+                    }
                 })?;
-                with(tract, Some(ort_error.clone())).map_err(|e| BackendError::Load {
-                    backend: "tract",
-                    path: req.path.to_path_buf(),
-                    message: format!("{e}; and {ort_error}"),
-                })
+                with(tract, Some(ort_error.clone()))
+                    .map_err(|e| BackendError::Fallback(format!("{e}; and {ort_error}")))
             }
         }
     }

@@ -123,18 +123,27 @@ impl ModelConfigFile {
         };
         if let Some(d) = &self.device {
             if d != "cpu" {
-                return Err(invalid("device", format!("'{d}' is not supported by this build (expected \"cpu\")")));
+                return Err(invalid(
+                    "device",
+                    format!("'{d}' is not supported by this build (expected \"cpu\")"),
+                ));
             }
         }
         if self.instance_count == Some(0) || self.instance_count.is_some_and(|n| n > 256) {
-            return Err(invalid("instance_count", "must be between 1 and 256".into()));
+            return Err(invalid(
+                "instance_count",
+                "must be between 1 and 256".into(),
+            ));
         }
         if self.max_queue_size == Some(0) {
             return Err(invalid("max_queue_size", "must be at least 1".into()));
         }
         if let Some(f) = &self.default_model_filename {
             if f.is_empty() || f.contains('/') || f.contains("..") {
-                return Err(invalid("default_model_filename", format!("'{f}' must be a plain file name")));
+                return Err(invalid(
+                    "default_model_filename",
+                    format!("'{f}' must be a plain file name"),
+                ));
             }
         }
         for (field, list) in [("input", &self.input), ("output", &self.output)] {
@@ -145,7 +154,10 @@ impl ModelConfigFile {
                 }
                 if let Some(dims) = &t.dims {
                     if dims.iter().any(|&d| d < -1) {
-                        return Err(invalid(&format!("{field}[{i}].dims"), format!("{dims:?}: a dimension is a size or -1")));
+                        return Err(invalid(
+                            &format!("{field}[{i}].dims"),
+                            format!("{dims:?}: a dimension is a size or -1"),
+                        ));
                     }
                 }
             }
@@ -154,7 +166,9 @@ impl ModelConfigFile {
     }
 
     pub fn model_filename(&self) -> &str {
-        self.default_model_filename.as_deref().unwrap_or(DEFAULT_MODEL_FILENAME)
+        self.default_model_filename
+            .as_deref()
+            .unwrap_or(DEFAULT_MODEL_FILENAME)
     }
 
     pub fn instances(&self) -> usize {
@@ -212,13 +226,16 @@ pub fn resolve_signature(
                 ));
             };
             if let Some(dt) = &t.datatype {
-                let dt: DataType = dt
-                    .parse()
-                    .map_err(|e: crate::dtype::UnknownDataType| invalid(format!("{field}[{i}].datatype"), e.to_string()))?;
+                let dt: DataType = dt.parse().map_err(|e: crate::dtype::UnknownDataType| {
+                    invalid(format!("{field}[{i}].datatype"), e.to_string())
+                })?;
                 if dt != spec.dtype {
                     return Err(invalid(
                         format!("{field}[{i}].datatype"),
-                        format!("{dt} given, but the model's {field} '{}' is {}", t.name, spec.dtype),
+                        format!(
+                            "{dt} given, but the model's {field} '{}' is {}",
+                            t.name, spec.dtype
+                        ),
                     ));
                 }
             }
@@ -229,7 +246,10 @@ pub fn resolve_signature(
                     dims.clone()
                 };
                 let compatible = full.len() == spec.shape.len()
-                    && full.iter().zip(&spec.shape).all(|(&c, &m)| m == -1 || c == m);
+                    && full
+                        .iter()
+                        .zip(&spec.shape)
+                        .all(|(&c, &m)| m == -1 || c == m);
                 if !compatible {
                     return Err(invalid(
                         format!("{field}[{i}].dims"),
@@ -237,7 +257,11 @@ pub fn resolve_signature(
                             "{dims:?} does not fit the model's shape {:?} for '{}'{}",
                             spec.shape,
                             t.name,
-                            if max_batch_size > 0 { " (dims exclude the batch dimension)" } else { "" }
+                            if max_batch_size > 0 {
+                                " (dims exclude the batch dimension)"
+                            } else {
+                                ""
+                            }
                         ),
                     ));
                 }
@@ -309,13 +333,19 @@ mod tests {
         assert!(e.contains("max_batch"), "{e}");
         let e = parse("instance_count = 0").unwrap_err().to_string();
         assert!(e.contains("instance_count"), "{e}");
-        let e = parse("[[input]]\nname = \"x\"\ndatatype = \"FP8\"").unwrap_err().to_string();
+        let e = parse("[[input]]\nname = \"x\"\ndatatype = \"FP8\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("input[0].datatype"), "{e}");
         let cfg = parse("[[input]]\nname = \"nope\"").unwrap();
-        let e = resolve_signature(&sig(), &cfg, Path::new("m")).unwrap_err().to_string();
+        let e = resolve_signature(&sig(), &cfg, Path::new("m"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("input[0].name") && e.contains("nope"), "{e}");
         let cfg = parse("[[output]]\nname = \"y\"\ndims = [5]").unwrap();
-        let e = resolve_signature(&sig(), &cfg, Path::new("m")).unwrap_err().to_string();
+        let e = resolve_signature(&sig(), &cfg, Path::new("m"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("output[0].dims"), "{e}");
         let cfg = parse("[[output]]\nname = \"y\"\ndatatype = \"INT64\"").unwrap();
         assert!(resolve_signature(&sig(), &cfg, Path::new("m")).is_err());
@@ -327,6 +357,8 @@ mod tests {
         s.outputs[0].shape = vec![1, 4];
         let r = resolve_signature(&s, &parse("").unwrap(), Path::new("m")).unwrap();
         assert_eq!(r.max_batch_size, 0);
-        assert!(resolve_signature(&s, &parse("max_batch_size = 4").unwrap(), Path::new("m")).is_err());
+        assert!(
+            resolve_signature(&s, &parse("max_batch_size = 4").unwrap(), Path::new("m")).is_err()
+        );
     }
 }

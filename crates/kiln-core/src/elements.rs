@@ -37,23 +37,39 @@ impl ElementWriter {
     /// Appends a value; the error says why it does not fit the datatype.
     pub fn push(&mut self, v: Value<'_>) -> Result<(), String> {
         use DataType as D;
-        let range = |what: &dyn std::fmt::Display| format!("{what} is out of range for {}", self.dtype);
+        let range =
+            |what: &dyn std::fmt::Display| format!("{what} is out of range for {}", self.dtype);
         match (self.dtype, v) {
             (D::Bool, Value::Bool(b)) => self.buf.push(b as u8),
             (D::Bytes, Value::Bytes(b)) => {
-                let len = u32::try_from(b.len()).map_err(|_| "element longer than 4 GiB".to_string())?;
+                let len =
+                    u32::try_from(b.len()).map_err(|_| "element longer than 4 GiB".to_string())?;
                 self.buf.extend_from_slice(&len.to_le_bytes());
                 self.buf.extend_from_slice(b);
             }
-            (D::Fp16, v) => self.buf.extend_from_slice(&half::f16::from_f64(float(v, self.dtype)?).to_le_bytes()),
-            (D::Bf16, v) => self.buf.extend_from_slice(&half::bf16::from_f64(float(v, self.dtype)?).to_le_bytes()),
-            (D::Fp32, v) => self.buf.extend_from_slice(&(float(v, self.dtype)? as f32).to_le_bytes()),
-            (D::Fp64, v) => self.buf.extend_from_slice(&float(v, self.dtype)?.to_le_bytes()),
+            (D::Fp16, v) => self
+                .buf
+                .extend_from_slice(&half::f16::from_f64(float(v, self.dtype)?).to_le_bytes()),
+            (D::Bf16, v) => self
+                .buf
+                .extend_from_slice(&half::bf16::from_f64(float(v, self.dtype)?).to_le_bytes()),
+            (D::Fp32, v) => self
+                .buf
+                .extend_from_slice(&(float(v, self.dtype)? as f32).to_le_bytes()),
+            (D::Fp64, v) => self
+                .buf
+                .extend_from_slice(&float(v, self.dtype)?.to_le_bytes()),
             (d, Value::Int(i)) if d != D::Bool && d != D::Bytes => {
                 let ok = match d {
-                    D::Int8 => i8::try_from(i).map(|x| self.buf.extend_from_slice(&x.to_le_bytes())).is_ok(),
-                    D::Int16 => i16::try_from(i).map(|x| self.buf.extend_from_slice(&x.to_le_bytes())).is_ok(),
-                    D::Int32 => i32::try_from(i).map(|x| self.buf.extend_from_slice(&x.to_le_bytes())).is_ok(),
+                    D::Int8 => i8::try_from(i)
+                        .map(|x| self.buf.extend_from_slice(&x.to_le_bytes()))
+                        .is_ok(),
+                    D::Int16 => i16::try_from(i)
+                        .map(|x| self.buf.extend_from_slice(&x.to_le_bytes()))
+                        .is_ok(),
+                    D::Int32 => i32::try_from(i)
+                        .map(|x| self.buf.extend_from_slice(&x.to_le_bytes()))
+                        .is_ok(),
                     D::Int64 => {
                         self.buf.extend_from_slice(&i.to_le_bytes());
                         true
@@ -70,8 +86,12 @@ impl ElementWriter {
             (d, Value::Uint(u)) if d != D::Bool && d != D::Bytes => {
                 let ok = match d {
                     D::Uint8 => u8::try_from(u).map(|x| self.buf.push(x)).is_ok(),
-                    D::Uint16 => u16::try_from(u).map(|x| self.buf.extend_from_slice(&x.to_le_bytes())).is_ok(),
-                    D::Uint32 => u32::try_from(u).map(|x| self.buf.extend_from_slice(&x.to_le_bytes())).is_ok(),
+                    D::Uint16 => u16::try_from(u)
+                        .map(|x| self.buf.extend_from_slice(&x.to_le_bytes()))
+                        .is_ok(),
+                    D::Uint32 => u32::try_from(u)
+                        .map(|x| self.buf.extend_from_slice(&x.to_le_bytes()))
+                        .is_ok(),
                     D::Uint64 => {
                         self.buf.extend_from_slice(&u.to_le_bytes());
                         true
@@ -116,7 +136,10 @@ fn describe(v: Value<'_>) -> String {
 }
 
 /// Calls `f` on each element of a tensor, in row-major order.
-pub fn for_each<'a, E>(t: &'a Tensor, mut f: impl FnMut(Value<'a>) -> Result<(), E>) -> Result<(), E> {
+pub fn for_each<'a, E>(
+    t: &'a Tensor,
+    mut f: impl FnMut(Value<'a>) -> Result<(), E>,
+) -> Result<(), E> {
     use DataType as D;
     let d = t.data();
     macro_rules! each {
@@ -183,11 +206,17 @@ mod tests {
     #[test]
     fn ranges_are_checked() {
         assert!(write(DataType::Uint8, &[Value::Int(255)]).is_ok());
-        assert!(write(DataType::Uint8, &[Value::Int(256)]).unwrap_err().contains("out of range for UINT8"));
-        assert!(write(DataType::Uint32, &[Value::Int(-1)]).unwrap_err().contains("out of range"));
+        assert!(write(DataType::Uint8, &[Value::Int(256)])
+            .unwrap_err()
+            .contains("out of range for UINT8"));
+        assert!(write(DataType::Uint32, &[Value::Int(-1)])
+            .unwrap_err()
+            .contains("out of range"));
         assert!(write(DataType::Int8, &[Value::Int(-129)]).is_err());
         assert!(write(DataType::Int64, &[Value::Uint(u64::MAX)]).is_err());
-        assert!(write(DataType::Int32, &[Value::Float(1.5)]).unwrap_err().contains("not a INT32"));
+        assert!(write(DataType::Int32, &[Value::Float(1.5)])
+            .unwrap_err()
+            .contains("not a INT32"));
         assert!(write(DataType::Bool, &[Value::Int(1)]).is_err());
         assert!(write(DataType::Fp32, &[Value::Bytes(b"x")]).is_err());
     }
@@ -208,7 +237,10 @@ mod tests {
             (DataType::Bf16, vec![Value::Float(2.0)]),
             (DataType::Fp32, vec![Value::Float(3.25)]),
             (DataType::Fp64, vec![Value::Float(1e300)]),
-            (DataType::Bytes, vec![Value::Bytes(b"hi"), Value::Bytes(b"")]),
+            (
+                DataType::Bytes,
+                vec![Value::Bytes(b"hi"), Value::Bytes(b"")],
+            ),
         ];
         for (d, vals) in cases {
             let t = write(d, &vals).unwrap();

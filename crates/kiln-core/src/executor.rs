@@ -37,7 +37,12 @@ pub struct Executor {
 
 impl Executor {
     /// Starts `instances` compute threads for `backend`.
-    pub fn start(label: String, backend: Arc<dyn Backend>, instances: usize, queue_size: usize) -> std::io::Result<Self> {
+    pub fn start(
+        label: String,
+        backend: Arc<dyn Backend>,
+        instances: usize,
+        queue_size: usize,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = crossbeam_channel::bounded::<Job>(queue_size);
         let mut threads = Vec::with_capacity(instances);
         for i in 0..instances.max(1) {
@@ -66,7 +71,10 @@ impl Executor {
             reply,
         };
         let Some(tx) = &self.tx else {
-            return Err(KilnError::unavailable(format!("model {} is unloading", self.label)));
+            return Err(KilnError::unavailable(format!(
+                "model {} is unloading",
+                self.label
+            )));
         };
         match tx.try_send(job) {
             Ok(()) => Ok(rx),
@@ -75,7 +83,10 @@ impl Executor {
                 self.label,
                 tx.len()
             ))),
-            Err(TrySendError::Disconnected(_)) => Err(KilnError::unavailable(format!("model {} is unloading", self.label))),
+            Err(TrySendError::Disconnected(_)) => Err(KilnError::unavailable(format!(
+                "model {} is unloading",
+                self.label
+            ))),
         }
     }
 
@@ -112,7 +123,9 @@ fn worker(label: &str, backend: &dyn Backend, rx: Receiver<Job>) {
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "unknown panic".into());
                 tracing::error!(model = label, "backend panicked: {what}");
-                Err(KilnError::internal(format!("model {label}: backend panicked: {what}")))
+                Err(KilnError::internal(format!(
+                    "model {label}: backend panicked: {what}"
+                )))
             }
         };
         let _ = job.reply.send(Computed {
@@ -142,7 +155,9 @@ mod tests {
         fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, BackendError> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             std::thread::sleep(self.delay);
-            let v = inputs[0].to_vec::<f32>().map_err(|e| BackendError::Run(e.to_string()))?;
+            let v = inputs[0]
+                .to_vec::<f32>()
+                .map_err(|e| BackendError::Run(e.to_string()))?;
             if v[0] < 0.0 {
                 panic!("negative input");
             }
@@ -198,6 +213,10 @@ mod tests {
         drop(abandoned);
         assert!(first.await.unwrap().outputs.is_ok());
         assert!(kept.await.unwrap().outputs.is_ok());
-        assert_eq!(b.calls.load(Ordering::SeqCst), 2, "the abandoned request was computed");
+        assert_eq!(
+            b.calls.load(Ordering::SeqCst),
+            2,
+            "the abandoned request was computed"
+        );
     }
 }

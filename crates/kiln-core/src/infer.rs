@@ -65,7 +65,10 @@ pub fn validate(
             )));
         }
         if given[..i].iter().any(|p| p.name == g.name) {
-            return Err(KilnError::invalid(format!("model {label}: input '{}' is given twice", g.name)));
+            return Err(KilnError::invalid(format!(
+                "model {label}: input '{}' is given twice",
+                g.name
+            )));
         }
     }
     let mut ordered = Vec::with_capacity(inputs.len());
@@ -98,7 +101,11 @@ pub fn validate(
                 "model {label}: input '{}' has shape {shape:?}, expected {:?}{}",
                 spec.name,
                 spec.shape,
-                if max_batch_size > 0 { " (-1 is any size; the first dimension is the batch)" } else { " (-1 is any size)" }
+                if max_batch_size > 0 {
+                    " (-1 is any size; the first dimension is the batch)"
+                } else {
+                    " (-1 is any size)"
+                }
             )));
         }
         if max_batch_size > 0 {
@@ -133,7 +140,9 @@ pub fn validate(
                 )));
             };
             if idx.contains(&i) {
-                return Err(KilnError::invalid(format!("model {label}: output '{name}' is requested twice")));
+                return Err(KilnError::invalid(format!(
+                    "model {label}: output '{name}' is requested twice"
+                )));
             }
             idx.push(i);
         }
@@ -181,26 +190,71 @@ mod tests {
         assert_eq!(v.inputs[0].shape(), &[3, 4]);
         assert_eq!(v.outputs, vec![1]);
         assert_eq!(v.batch_size, 3);
-        assert_eq!(check(vec![input("a", vec![1, 4]), input("b", vec![1, 2])], &[]).unwrap().outputs, vec![0, 1]);
+        assert_eq!(
+            check(vec![input("a", vec![1, 4]), input("b", vec![1, 2])], &[])
+                .unwrap()
+                .outputs,
+            vec![0, 1]
+        );
     }
 
     #[test]
     fn rejects_bad_requests_with_named_errors() {
         let cases: Vec<(Vec<InferInput>, Vec<&str>, &str)> = vec![
             (vec![input("a", vec![1, 4])], vec![], "input 'b' is missing"),
-            (vec![input("a", vec![1, 4]), input("b", vec![1, 2]), input("c", vec![1])], vec![], "no input 'c'"),
-            (vec![input("a", vec![1, 4]), input("a", vec![1, 4])], vec![], "given twice"),
-            (vec![input("a", vec![1, 5]), input("b", vec![1, 2])], vec![], "input 'a' has shape [1, 5]"),
-            (vec![input("a", vec![4]), input("b", vec![1, 2])], vec![], "input 'a' has shape [4]"),
-            (vec![input("a", vec![9, 4]), input("b", vec![9, 2])], vec![], "batch size 9"),
-            (vec![input("a", vec![0, 4]), input("b", vec![0, 2])], vec![], "batch size 0"),
-            (vec![input("a", vec![2, 4]), input("b", vec![3, 2])], vec![], "different batch sizes"),
-            (vec![input("a", vec![1, 4]), input("b", vec![1, 2])], vec!["w"], "no output 'w'"),
+            (
+                vec![
+                    input("a", vec![1, 4]),
+                    input("b", vec![1, 2]),
+                    input("c", vec![1]),
+                ],
+                vec![],
+                "no input 'c'",
+            ),
+            (
+                vec![input("a", vec![1, 4]), input("a", vec![1, 4])],
+                vec![],
+                "given twice",
+            ),
+            (
+                vec![input("a", vec![1, 5]), input("b", vec![1, 2])],
+                vec![],
+                "input 'a' has shape [1, 5]",
+            ),
+            (
+                vec![input("a", vec![4]), input("b", vec![1, 2])],
+                vec![],
+                "input 'a' has shape [4]",
+            ),
+            (
+                vec![input("a", vec![9, 4]), input("b", vec![9, 2])],
+                vec![],
+                "batch size 9",
+            ),
+            (
+                vec![input("a", vec![0, 4]), input("b", vec![0, 2])],
+                vec![],
+                "batch size 0",
+            ),
+            (
+                vec![input("a", vec![2, 4]), input("b", vec![3, 2])],
+                vec![],
+                "different batch sizes",
+            ),
+            (
+                vec![input("a", vec![1, 4]), input("b", vec![1, 2])],
+                vec!["w"],
+                "no output 'w'",
+            ),
         ];
         for (given, req, want) in cases {
             let e = check(given, &req).unwrap_err();
             assert_eq!(e.kind, ErrorKind::InvalidArgument);
-            assert!(e.message.contains(want), "{} does not contain {want}", e.message);
+            assert!(
+                e.message.contains(want),
+                "{} does not contain {want}",
+                e.message
+            );
             assert!(e.message.contains("m:1"));
         }
         let wrong_type = InferInput {
@@ -208,6 +262,10 @@ mod tests {
             tensor: Tensor::from_vec(vec![1, 4], vec![0i64; 4]).unwrap(),
         };
         let e = check(vec![wrong_type, input("b", vec![1, 2])], &[]).unwrap_err();
-        assert!(e.message.contains("datatype INT64, expected FP32"), "{}", e.message);
+        assert!(
+            e.message.contains("datatype INT64, expected FP32"),
+            "{}",
+            e.message
+        );
     }
 }

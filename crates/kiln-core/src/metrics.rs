@@ -15,7 +15,8 @@ pub const MODEL_VERSIONS_LOADED: &str = "kiln_model_versions_loaded";
 
 /// Bucket bounds (seconds) for every latency histogram: 50 µs to 10 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
 ];
 
 /// Request outcomes, the values of the `outcome` label.
@@ -54,12 +55,31 @@ impl Outcome {
 /// Registers help texts with the installed recorder.
 pub fn describe() {
     describe_counter!(REQUESTS_TOTAL, "Inference requests by model, version and outcome (success, invalid, rejected, cancelled, error).");
-    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Time from a request reaching the core to its answer, successful requests.");
-    describe_histogram!(QUEUE_DURATION, Unit::Seconds, "Time a request waited in its version's queue before compute.");
-    describe_histogram!(COMPUTE_DURATION, Unit::Seconds, "Time the backend spent computing a request.");
-    describe_gauge!(MODEL_LOAD_DURATION, Unit::Seconds, "How long the last load of a model version took.");
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Time from a request reaching the core to its answer, successful requests."
+    );
+    describe_histogram!(
+        QUEUE_DURATION,
+        Unit::Seconds,
+        "Time a request waited in its version's queue before compute."
+    );
+    describe_histogram!(
+        COMPUTE_DURATION,
+        Unit::Seconds,
+        "Time the backend spent computing a request."
+    );
+    describe_gauge!(
+        MODEL_LOAD_DURATION,
+        Unit::Seconds,
+        "How long the last load of a model version took."
+    );
     describe_counter!(MODEL_LOAD_FAILURES, "Model versions that failed to load.");
-    describe_gauge!(MODEL_VERSIONS_LOADED, "Model versions loaded and serving (1 per version).");
+    describe_gauge!(
+        MODEL_VERSIONS_LOADED,
+        "Model versions loaded and serving (1 per version)."
+    );
 }
 
 /// Handles to one version's series, resolved once at load.
@@ -72,10 +92,11 @@ pub struct VersionMetrics {
 
 impl VersionMetrics {
     pub fn new(model: &str, version: &str) -> Self {
-        let labels = [("model", model.to_string()), ("version", version.to_string())];
-        let outcome = |o: Outcome| {
-            metrics::counter!(REQUESTS_TOTAL, "model" => model.to_string(), "version" => version.to_string(), "outcome" => o.as_str())
-        };
+        let labels = [
+            ("model", model.to_string()),
+            ("version", version.to_string()),
+        ];
+        let outcome = |o: Outcome| metrics::counter!(REQUESTS_TOTAL, "model" => model.to_string(), "version" => version.to_string(), "outcome" => o.as_str());
         VersionMetrics {
             outcomes: Outcome::ALL.map(outcome),
             request: metrics::histogram!(REQUEST_DURATION, &labels),

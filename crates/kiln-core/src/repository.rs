@@ -31,7 +31,9 @@ pub fn scan(repo: &Path) -> Result<Vec<ModelDir>, RepositoryError> {
     let mut models = Vec::new();
     for entry in std::fs::read_dir(repo).map_err(err)? {
         let entry = entry.map_err(err)?;
-        let Ok(name) = entry.file_name().into_string() else { continue };
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
         if name.starts_with('.') || !entry.path().is_dir() {
             continue;
         }
@@ -39,14 +41,20 @@ pub fn scan(repo: &Path) -> Result<Vec<ModelDir>, RepositoryError> {
         let mut versions = Vec::new();
         if let Ok(rd) = std::fs::read_dir(&path) {
             for v in rd.flatten() {
-                let Some(version) = v.file_name().to_str().and_then(Version::parse) else { continue };
+                let Some(version) = v.file_name().to_str().and_then(Version::parse) else {
+                    continue;
+                };
                 if v.path().is_dir() {
                     versions.push((version, v.path()));
                 }
             }
         }
         versions.sort();
-        models.push(ModelDir { name, path, versions });
+        models.push(ModelDir {
+            name,
+            path,
+            versions,
+        });
     }
     models.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(models)

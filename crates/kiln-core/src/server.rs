@@ -154,7 +154,15 @@ impl Core {
         };
         // Until version policies arrive, the highest version serves.
         let Some((version, vpath)) = dir.versions.last() else {
-            return fail(None, format!("{} has no numeric version folder (expected {}/1/{})", dir.path.display(), dir.name, cfg.model_filename()));
+            return fail(
+                None,
+                format!(
+                    "{} has no numeric version folder (expected {}/1/{})",
+                    dir.path.display(),
+                    dir.name,
+                    cfg.model_filename()
+                ),
+            );
         };
         match self.load_version(&dir.name, *version, vpath.join(cfg.model_filename()), cfg) {
             Ok(mv) => {
@@ -175,7 +183,13 @@ impl Core {
         }
     }
 
-    fn load_version(&self, name: &str, version: Version, path: PathBuf, cfg: ModelConfigFile) -> Result<ModelVersion, String> {
+    fn load_version(
+        &self,
+        name: &str,
+        version: Version,
+        path: PathBuf,
+        cfg: ModelConfigFile,
+    ) -> Result<ModelVersion, String> {
         let started = Instant::now();
         if !path.is_file() {
             return Err(format!("model file {} not found", path.display()));
@@ -186,11 +200,21 @@ impl Core {
             path: &path,
             config: &cfg,
         };
-        let loaded = self.inner.backends.load(cfg.backend, &req).map_err(|e| e.to_string())?;
+        let loaded = self
+            .inner
+            .backends
+            .load(cfg.backend, &req)
+            .map_err(|e| e.to_string())?;
         if let Some(why) = &loaded.fallback_reason {
-            tracing::warn!(model = name, version = version.0, "serving with {} because {why}", loaded.name);
+            tracing::warn!(
+                model = name,
+                version = version.0,
+                "serving with {} because {why}",
+                loaded.name
+            );
         }
-        let resolved = config::resolve_signature(loaded.backend.signature(), &cfg, &path).map_err(|e| e.to_string())?;
+        let resolved = config::resolve_signature(loaded.backend.signature(), &cfg, &path)
+            .map_err(|e| e.to_string())?;
         let label = format!("{name}:{version}");
         let backend: Arc<dyn Backend> = Arc::from(loaded.backend);
         let executor = Executor::start(label.clone(), backend, cfg.instances(), cfg.queue_size())
@@ -257,7 +281,9 @@ impl Core {
                 KilnError::unavailable(format!("model '{name}' has no ready version: {reason}"))
             }),
             Some(v) => {
-                let parsed = Version::parse(v).ok_or_else(|| KilnError::not_found(format!("model '{name}' has no version '{v}'")))?;
+                let parsed = Version::parse(v).ok_or_else(|| {
+                    KilnError::not_found(format!("model '{name}' has no version '{v}'"))
+                })?;
                 entry.versions.get(&parsed).cloned().ok_or_else(|| {
                     let known = entry.index.iter().any(|i| i.version == Some(parsed));
                     if known {
@@ -301,18 +327,38 @@ impl Core {
         }
         let mv = self.model(&req.model, req.version.as_deref())?;
         // Counts the request as cancelled if this future is dropped before it ends.
-        let mut guard = OutcomeGuard { mv: &mv, outcome: Outcome::Cancelled };
-        let valid = validate(&mv.label, &mv.signature.inputs, &mv.signature.outputs, mv.max_batch_size, req.inputs, &req.outputs)
-            .inspect_err(|_| guard.outcome = Outcome::Invalid)?;
-        let rx = mv.executor.submit(valid.inputs).inspect_err(|_| guard.outcome = Outcome::Rejected)?;
+        let mut guard = OutcomeGuard {
+            mv: &mv,
+            outcome: Outcome::Cancelled,
+        };
+        let valid = validate(
+            &mv.label,
+            &mv.signature.inputs,
+            &mv.signature.outputs,
+            mv.max_batch_size,
+            req.inputs,
+            &req.outputs,
+        )
+        .inspect_err(|_| guard.outcome = Outcome::Invalid)?;
+        let rx = mv
+            .executor
+            .submit(valid.inputs)
+            .inspect_err(|_| guard.outcome = Outcome::Rejected)?;
         let Ok(done) = rx.await else {
             guard.outcome = Outcome::Error;
-            return Err(KilnError::internal(format!("model {}: compute thread stopped", mv.label)));
+            return Err(KilnError::internal(format!(
+                "model {}: compute thread stopped",
+                mv.label
+            )));
         };
         mv.metrics.queue.record(done.queue.as_secs_f64());
         mv.metrics.compute.record(done.compute.as_secs_f64());
         let mut all = done.outputs.inspect_err(|e| {
-            guard.outcome = if e.kind == ErrorKind::Unavailable { Outcome::Rejected } else { Outcome::Error }
+            guard.outcome = if e.kind == ErrorKind::Unavailable {
+                Outcome::Rejected
+            } else {
+                Outcome::Error
+            }
         })?;
         if all.len() != mv.signature.outputs.len() {
             guard.outcome = Outcome::Error;
@@ -327,7 +373,10 @@ impl Core {
         for &i in &valid.outputs {
             outputs.push(InferOutput {
                 name: mv.signature.outputs[i].name.clone(),
-                tensor: std::mem::replace(&mut all[i], crate::tensor::Tensor::from_vec::<u8>(vec![0], vec![]).expect("empty tensor")),
+                tensor: std::mem::replace(
+                    &mut all[i],
+                    crate::tensor::Tensor::from_vec::<u8>(vec![0], vec![]).expect("empty tensor"),
+                ),
             });
         }
         guard.outcome = Outcome::Success;

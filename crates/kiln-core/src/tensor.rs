@@ -33,7 +33,10 @@ pub enum TensorError {
         actual: usize,
     },
     #[error("tensor is {actual}, not {expected}")]
-    WrongType { expected: DataType, actual: DataType },
+    WrongType {
+        expected: DataType,
+        actual: DataType,
+    },
 }
 
 /// Element types with a fixed size that can be viewed as plain bytes.
@@ -56,7 +59,11 @@ element!(
 pub fn dims_from_wire(shape: &[i64]) -> Result<Vec<usize>, TensorError> {
     shape
         .iter()
-        .map(|&d| usize::try_from(d).map_err(|_| TensorError::NegativeDim { shape: shape.to_vec() }))
+        .map(|&d| {
+            usize::try_from(d).map_err(|_| TensorError::NegativeDim {
+                shape: shape.to_vec(),
+            })
+        })
         .collect()
 }
 
@@ -80,13 +87,20 @@ pub struct Tensor {
 impl Tensor {
     /// Builds a tensor from raw row-major bytes, checking that they match the shape.
     /// BOOL bytes are normalised to 0/1.
-    pub fn from_bytes(dtype: DataType, shape: Vec<usize>, mut data: Vec<u8>) -> Result<Self, TensorError> {
+    pub fn from_bytes(
+        dtype: DataType,
+        shape: Vec<usize>,
+        mut data: Vec<u8>,
+    ) -> Result<Self, TensorError> {
         let count = element_count(&shape)?;
         match dtype.size() {
             Some(size) => {
-                let expected = count.checked_mul(size).ok_or_else(|| TensorError::ShapeOverflow {
-                    shape: shape.iter().map(|&d| d as i64).collect(),
-                })?;
+                let expected =
+                    count
+                        .checked_mul(size)
+                        .ok_or_else(|| TensorError::ShapeOverflow {
+                            shape: shape.iter().map(|&d| d as i64).collect(),
+                        })?;
                 if data.len() != expected {
                     return Err(TensorError::ByteLength {
                         dtype,
@@ -122,11 +136,18 @@ impl Tensor {
 
     /// Builds a BOOL tensor.
     pub fn from_bools(shape: Vec<usize>, values: &[bool]) -> Result<Self, TensorError> {
-        Self::from_bytes(DataType::Bool, shape, values.iter().map(|&b| b as u8).collect())
+        Self::from_bytes(
+            DataType::Bool,
+            shape,
+            values.iter().map(|&b| b as u8).collect(),
+        )
     }
 
     /// Builds a BYTES tensor from its elements.
-    pub fn from_byte_elements<B: AsRef<[u8]>>(shape: Vec<usize>, elements: &[B]) -> Result<Self, TensorError> {
+    pub fn from_byte_elements<B: AsRef<[u8]>>(
+        shape: Vec<usize>,
+        elements: &[B],
+    ) -> Result<Self, TensorError> {
         let total: usize = elements.iter().map(|e| 4 + e.as_ref().len()).sum();
         let mut data = Vec::with_capacity(total);
         for e in elements {
@@ -247,7 +268,14 @@ mod tests {
     #[test]
     fn length_mismatch_is_an_error() {
         let e = Tensor::from_bytes(DataType::Fp32, vec![2, 2], vec![0; 15]).unwrap_err();
-        assert!(matches!(e, TensorError::ByteLength { expected: 16, actual: 15, .. }));
+        assert!(matches!(
+            e,
+            TensorError::ByteLength {
+                expected: 16,
+                actual: 15,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -274,7 +302,14 @@ mod tests {
         assert_eq!(e, vec![&b"ab"[..], b"", b"xyz"]);
         // Wrong count.
         let e = Tensor::from_bytes(DataType::Bytes, vec![2], t.data().to_vec()).unwrap_err();
-        assert!(matches!(e, TensorError::BytesCount { expected: 2, actual: 3, .. }));
+        assert!(matches!(
+            e,
+            TensorError::BytesCount {
+                expected: 2,
+                actual: 3,
+                ..
+            }
+        ));
         // Truncated length prefix and truncated body.
         assert!(Tensor::from_bytes(DataType::Bytes, vec![1], vec![1, 0]).is_err());
         assert!(Tensor::from_bytes(DataType::Bytes, vec![1], vec![9, 0, 0, 0, 1]).is_err());
@@ -284,7 +319,11 @@ mod tests {
 
     #[test]
     fn half_types() {
-        let t = Tensor::from_vec(vec![2], vec![half::f16::from_f32(1.5), half::f16::from_f32(-2.0)]).unwrap();
+        let t = Tensor::from_vec(
+            vec![2],
+            vec![half::f16::from_f32(1.5), half::f16::from_f32(-2.0)],
+        )
+        .unwrap();
         assert_eq!(t.dtype(), DataType::Fp16);
         let t = Tensor::from_vec(vec![1], vec![half::bf16::from_f32(3.0)]).unwrap();
         assert_eq!(t.to_vec::<half::bf16>().unwrap()[0].to_f32(), 3.0);

@@ -1,6 +1,9 @@
 //! Protocol messages to core types and back.
 
-use crate::pb::{self, model_infer_request::InferInputTensor, InferTensorContents, ModelInferRequest, ModelInferResponse};
+use crate::pb::{
+    self, model_infer_request::InferInputTensor, InferTensorContents, ModelInferRequest,
+    ModelInferResponse,
+};
 use kiln_core::elements::{ElementWriter, Value};
 use kiln_core::tensor::dims_from_wire;
 use kiln_core::{DataType, InferInput, InferRequest, InferResponse, KilnError, Tensor};
@@ -42,12 +45,18 @@ pub fn request(r: ModelInferRequest) -> Result<InferRequest, KilnError> {
     let mut inputs = Vec::with_capacity(r.inputs.len());
     for t in r.inputs {
         let tensor = input_tensor(&model, &t, raw.next())?;
-        inputs.push(InferInput { name: t.name, tensor });
+        inputs.push(InferInput {
+            name: t.name,
+            tensor,
+        });
     }
     let mut outputs = Vec::with_capacity(r.outputs.len());
     for o in r.outputs {
         if o.parameters.contains_key("classification") {
-            return Err(KilnError::invalid(format!("output '{}': the classification extension is not supported", o.name)));
+            return Err(KilnError::invalid(format!(
+                "output '{}': the classification extension is not supported",
+                o.name
+            )));
         }
         outputs.push(o.name);
     }
@@ -60,9 +69,16 @@ pub fn request(r: ModelInferRequest) -> Result<InferRequest, KilnError> {
     })
 }
 
-fn input_tensor(model: &str, t: &InferInputTensor, raw: Option<Vec<u8>>) -> Result<Tensor, KilnError> {
+fn input_tensor(
+    model: &str,
+    t: &InferInputTensor,
+    raw: Option<Vec<u8>>,
+) -> Result<Tensor, KilnError> {
     let err = |m: String| KilnError::invalid(format!("model '{model}' input '{}': {m}", t.name));
-    let dtype: DataType = t.datatype.parse().map_err(|e: kiln_core::dtype::UnknownDataType| err(e.to_string()))?;
+    let dtype: DataType = t
+        .datatype
+        .parse()
+        .map_err(|e: kiln_core::dtype::UnknownDataType| err(e.to_string()))?;
     let shape = dims_from_wire(&t.shape).map_err(|e| err(e.to_string()))?;
     kiln_core::tensor::element_count(&shape).map_err(|e| err(e.to_string()))?;
     if let Some(bytes) = raw {
@@ -72,10 +88,14 @@ fn input_tensor(model: &str, t: &InferInputTensor, raw: Option<Vec<u8>>) -> Resu
         return Tensor::from_bytes(dtype, shape, bytes).map_err(|e| err(e.to_string()));
     }
     let Some(c) = &t.contents else {
-        return Err(err("has no data (set contents or raw_input_contents)".into()));
+        return Err(err(
+            "has no data (set contents or raw_input_contents)".into()
+        ));
     };
     let mut w = ElementWriter::new(dtype);
-    let push_all = |w: &mut ElementWriter, vals: &mut dyn Iterator<Item = Value<'_>>| -> Result<(), KilnError> {
+    let push_all = |w: &mut ElementWriter,
+                    vals: &mut dyn Iterator<Item = Value<'_>>|
+     -> Result<(), KilnError> {
         for (i, v) in vals.enumerate() {
             w.push(v).map_err(|m| err(format!("element {i}: {m}")))?;
         }
@@ -93,14 +113,27 @@ fn input_tensor(model: &str, t: &InferInputTensor, raw: Option<Vec<u8>>) -> Resu
     } = c;
     match dtype {
         DataType::Bool => push_all(&mut w, &mut bool_contents.iter().map(|&b| Value::Bool(b)))?,
-        DataType::Int8 | DataType::Int16 | DataType::Int32 => push_all(&mut w, &mut int_contents.iter().map(|&i| Value::Int(i as i64)))?,
+        DataType::Int8 | DataType::Int16 | DataType::Int32 => push_all(
+            &mut w,
+            &mut int_contents.iter().map(|&i| Value::Int(i as i64)),
+        )?,
         DataType::Int64 => push_all(&mut w, &mut int64_contents.iter().map(|&i| Value::Int(i)))?,
-        DataType::Uint8 | DataType::Uint16 | DataType::Uint32 => push_all(&mut w, &mut uint_contents.iter().map(|&u| Value::Uint(u as u64)))?,
+        DataType::Uint8 | DataType::Uint16 | DataType::Uint32 => push_all(
+            &mut w,
+            &mut uint_contents.iter().map(|&u| Value::Uint(u as u64)),
+        )?,
         DataType::Uint64 => push_all(&mut w, &mut uint64_contents.iter().map(|&u| Value::Uint(u)))?,
-        DataType::Fp32 => push_all(&mut w, &mut fp32_contents.iter().map(|&f| Value::Float(f as f64)))?,
+        DataType::Fp32 => push_all(
+            &mut w,
+            &mut fp32_contents.iter().map(|&f| Value::Float(f as f64)),
+        )?,
         DataType::Fp64 => push_all(&mut w, &mut fp64_contents.iter().map(|&f| Value::Float(f)))?,
         DataType::Bytes => push_all(&mut w, &mut bytes_contents.iter().map(|b| Value::Bytes(b)))?,
-        DataType::Fp16 | DataType::Bf16 => return Err(err(format!("{dtype} data must be sent in raw_input_contents"))),
+        DataType::Fp16 | DataType::Bf16 => {
+            return Err(err(format!(
+                "{dtype} data must be sent in raw_input_contents"
+            )))
+        }
     }
     w.finish(shape).map_err(|e| err(e.to_string()))
 }

@@ -96,28 +96,44 @@ fn model_config(mv: &ModelVersion) -> ModelConfig {
         }],
         default_model_filename: mv.config.model_filename().to_string(),
         version_policy: Some(ModelVersionPolicy {
-            policy_choice: Some(model_version_policy::PolicyChoice::Latest(model_version_policy::Latest { num_versions: 1 })),
+            policy_choice: Some(model_version_policy::PolicyChoice::Latest(
+                model_version_policy::Latest { num_versions: 1 },
+            )),
         }),
         ..Default::default()
     }
 }
 
-type StreamResult = Pin<Box<dyn Stream<Item = Result<ModelStreamInferResponse, Status>> + Send + 'static>>;
+type StreamResult =
+    Pin<Box<dyn Stream<Item = Result<ModelStreamInferResponse, Status>> + Send + 'static>>;
 
 /// Requests of one stream computed at once; answers keep the order of requests.
 const STREAM_CONCURRENCY: usize = 64;
 
 #[tonic::async_trait]
 impl GrpcInferenceService for InferenceService {
-    async fn server_live(&self, _: Request<ServerLiveRequest>) -> Result<Response<ServerLiveResponse>, Status> {
-        Ok(Response::new(ServerLiveResponse { live: self.core.is_live() }))
+    async fn server_live(
+        &self,
+        _: Request<ServerLiveRequest>,
+    ) -> Result<Response<ServerLiveResponse>, Status> {
+        Ok(Response::new(ServerLiveResponse {
+            live: self.core.is_live(),
+        }))
     }
 
-    async fn server_ready(&self, _: Request<ServerReadyRequest>) -> Result<Response<ServerReadyResponse>, Status> {
-        Ok(Response::new(ServerReadyResponse { ready: self.core.is_ready() }))
+    async fn server_ready(
+        &self,
+        _: Request<ServerReadyRequest>,
+    ) -> Result<Response<ServerReadyResponse>, Status> {
+        Ok(Response::new(ServerReadyResponse {
+            ready: self.core.is_ready(),
+        }))
     }
 
-    async fn model_ready(&self, r: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
+    async fn model_ready(
+        &self,
+        r: Request<ModelReadyRequest>,
+    ) -> Result<Response<ModelReadyResponse>, Status> {
         let r = r.into_inner();
         let ready = match self.core.model(&r.name, version_arg(&r.version)) {
             Ok(_) => true,
@@ -127,7 +143,10 @@ impl GrpcInferenceService for InferenceService {
         Ok(Response::new(ModelReadyResponse { ready }))
     }
 
-    async fn server_metadata(&self, _: Request<ServerMetadataRequest>) -> Result<Response<ServerMetadataResponse>, Status> {
+    async fn server_metadata(
+        &self,
+        _: Request<ServerMetadataRequest>,
+    ) -> Result<Response<ServerMetadataResponse>, Status> {
         let m = self.core.server_metadata();
         Ok(Response::new(ServerMetadataResponse {
             name: m.name.to_string(),
@@ -136,9 +155,15 @@ impl GrpcInferenceService for InferenceService {
         }))
     }
 
-    async fn model_metadata(&self, r: Request<ModelMetadataRequest>) -> Result<Response<ModelMetadataResponse>, Status> {
+    async fn model_metadata(
+        &self,
+        r: Request<ModelMetadataRequest>,
+    ) -> Result<Response<ModelMetadataResponse>, Status> {
         let r = r.into_inner();
-        let mv = self.core.model(&r.name, version_arg(&r.version)).map_err(status)?;
+        let mv = self
+            .core
+            .model(&r.name, version_arg(&r.version))
+            .map_err(status)?;
         let meta = |s: &kiln_core::TensorSpec| model_metadata_response::TensorMetadata {
             name: s.name.clone(),
             datatype: s.dtype.as_str().to_string(),
@@ -146,15 +171,25 @@ impl GrpcInferenceService for InferenceService {
         };
         Ok(Response::new(ModelMetadataResponse {
             name: mv.name.clone(),
-            versions: self.core.versions(&mv.name).iter().map(|v| v.to_string()).collect(),
+            versions: self
+                .core
+                .versions(&mv.name)
+                .iter()
+                .map(|v| v.to_string())
+                .collect(),
             platform: mv.platform.to_string(),
             inputs: mv.signature.inputs.iter().map(meta).collect(),
             outputs: mv.signature.outputs.iter().map(meta).collect(),
         }))
     }
 
-    async fn model_infer(&self, r: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
-        Self::infer(&self.core, r.into_inner()).await.map(Response::new)
+    async fn model_infer(
+        &self,
+        r: Request<ModelInferRequest>,
+    ) -> Result<Response<ModelInferResponse>, Status> {
+        Self::infer(&self.core, r.into_inner())
+            .await
+            .map(Response::new)
     }
 
     type ModelStreamInferStream = StreamResult;
@@ -191,19 +226,33 @@ impl GrpcInferenceService for InferenceService {
         Ok(Response::new(Box::pin(out)))
     }
 
-    async fn model_config(&self, r: Request<ModelConfigRequest>) -> Result<Response<ModelConfigResponse>, Status> {
+    async fn model_config(
+        &self,
+        r: Request<ModelConfigRequest>,
+    ) -> Result<Response<ModelConfigResponse>, Status> {
         let r = r.into_inner();
-        let mv = self.core.model(&r.name, version_arg(&r.version)).map_err(status)?;
+        let mv = self
+            .core
+            .model(&r.name, version_arg(&r.version))
+            .map_err(status)?;
         Ok(Response::new(ModelConfigResponse {
             config: Some(model_config(&mv)),
         }))
     }
 
-    async fn model_statistics(&self, _: Request<ModelStatisticsRequest>) -> Result<Response<ModelStatisticsResponse>, Status> {
-        Err(Status::unimplemented("the statistics extension is not available yet"))
+    async fn model_statistics(
+        &self,
+        _: Request<ModelStatisticsRequest>,
+    ) -> Result<Response<ModelStatisticsResponse>, Status> {
+        Err(Status::unimplemented(
+            "the statistics extension is not available yet",
+        ))
     }
 
-    async fn repository_index(&self, r: Request<RepositoryIndexRequest>) -> Result<Response<RepositoryIndexResponse>, Status> {
+    async fn repository_index(
+        &self,
+        r: Request<RepositoryIndexRequest>,
+    ) -> Result<Response<RepositoryIndexResponse>, Status> {
         let r = r.into_inner();
         let models = self
             .core
@@ -219,14 +268,21 @@ impl GrpcInferenceService for InferenceService {
         Ok(Response::new(RepositoryIndexResponse { models }))
     }
 
-    async fn repository_model_load(&self, _: Request<RepositoryModelLoadRequest>) -> Result<Response<RepositoryModelLoadResponse>, Status> {
-        Err(Status::unimplemented("model control (load/unload) is not enabled in this server"))
+    async fn repository_model_load(
+        &self,
+        _: Request<RepositoryModelLoadRequest>,
+    ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
+        Err(Status::unimplemented(
+            "model control (load/unload) is not enabled in this server",
+        ))
     }
 
     async fn repository_model_unload(
         &self,
         _: Request<RepositoryModelUnloadRequest>,
     ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
-        Err(Status::unimplemented("model control (load/unload) is not enabled in this server"))
+        Err(Status::unimplemented(
+            "model control (load/unload) is not enabled in this server",
+        ))
     }
 }

@@ -1,1 +1,311 @@
+//! Kiln's REST front end: the KServe V2 protocol with Triton's extensions, over axum.
+//! It only decodes, validates and encodes; the core does the work.
 
+mod codec;
+mod views;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use kiln_core::{Core, ErrorKind, KilnError};
+use serde_json::json;
+use std::sync::Arc;
+
+pub use codec::HEADER_LENGTH;
+
+/// Renders the Prometheus exposition text (supplied by the binary).
+pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
+
+#[derive(Clone)]
+pub struct HttpOptions {
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Serves `GET /metrics` when set.
+    pub metrics: Option<MetricsRender>,
+}
+
+#[derive(Clone)]
+struct AppState {
+    core: Core,
+    opts: HttpOptions,
+}
+
+/// An error in the protocol's form: a status and `{"error": "..."}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<KilnError> for ApiError {
+    /// The one place core errors map to HTTP statuses.
+    fn from(e: KilnError) -> Self {
+        let status = match e.kind {
+            ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+/// Builds the REST router on a core handle.
+pub fn router(core: Core, opts: HttpOptions) -> Router {
+    let mut r = Router::new()
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2", get(server_metadata))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(model_metadata_v),
+        )
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(model_ready_v),
+        )
+        .route("/v2/models/{model}/config", get(model_config))
+        .route(
+            "/v2/models/{model}/versions/{version}/config",
+            get(model_config_v),
+        )
+        .route("/v2/models/{model}/infer", post(infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
+        .route("/v2/repository/index", post(repository_index));
+    if opts.metrics.is_some() {
+        r = r.route("/metrics", get(metrics));
+    }
+    r.fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        // Bodies are read and limited by the handlers, which answer in the protocol's form.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(AppState { core, opts })
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this endpoint",
+    )
+}
+
+async fn live(State(s): State<AppState>) -> Response {
+    let live = s.core.is_live();
+    let status = if live {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    (status, Json(json!({ "live": live }))).into_response()
+}
+
+async fn ready(State(s): State<AppState>) -> Response {
+    let ready = s.core.is_ready();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    (status, Json(json!({ "ready": ready }))).into_response()
+}
+
+async fn server_metadata(State(s): State<AppState>) -> Response {
+    let m = s.core.server_metadata();
+    Json(json!({ "name": m.name, "version": m.version, "extensions": m.extensions }))
+        .into_response()
+}
+
+async fn model_metadata(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<Response, ApiError> {
+    metadata_for(&s, &model, None)
+}
+
+async fn model_metadata_v(
+    State(s): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    metadata_for(&s, &model, Some(&version))
+}
+
+fn metadata_for(s: &AppState, model: &str, version: Option<&str>) -> Result<Response, ApiError> {
+    let mv = s.core.model(model, version)?;
+    Ok(Json(views::metadata(&mv, &s.core.versions(&mv.name))).into_response())
+}
+
+async fn model_ready(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<Response, ApiError> {
+    ready_for(&s, &model, None)
+}
+
+async fn model_ready_v(
+    State(s): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    ready_for(&s, &model, Some(&version))
+}
+
+fn ready_for(s: &AppState, model: &str, version: Option<&str>) -> Result<Response, ApiError> {
+    match s.core.model(model, version) {
+        Ok(_) => Ok((
+            StatusCode::OK,
+            Json(json!({ "name": model, "ready": true })),
+        )
+            .into_response()),
+        Err(e) if e.kind == ErrorKind::Unavailable => Ok((
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "name": model, "ready": false })),
+        )
+            .into_response()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn model_config(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<Response, ApiError> {
+    config_for(&s, &model, None)
+}
+
+async fn model_config_v(
+    State(s): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    config_for(&s, &model, Some(&version))
+}
+
+fn config_for(s: &AppState, model: &str, version: Option<&str>) -> Result<Response, ApiError> {
+    let mv = s.core.model(model, version)?;
+    Ok(Json(views::config(&mv)).into_response())
+}
+
+async fn repository_index(State(s): State<AppState>, body: Body) -> Result<Response, ApiError> {
+    // tritonclient posts an empty body; `{"ready": true}` filters to ready models.
+    let body = read_body(body, s.opts.max_body_bytes).await?;
+    let ready_only = if body.iter().all(u8::is_ascii_whitespace) {
+        false
+    } else {
+        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON body: {e}"))
+        })?;
+        v.get("ready").and_then(|r| r.as_bool()).unwrap_or(false)
+    };
+    Ok(Json(views::index(&s.core.index(ready_only))).into_response())
+}
+
+async fn infer(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    infer_for(s, model, None, headers, body).await
+}
+
+async fn infer_v(
+    State(s): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    infer_for(s, model, Some(version), headers, body).await
+}
+
+async fn infer_for(
+    s: AppState,
+    model: String,
+    version: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body = read_body(body, s.opts.max_body_bytes).await?;
+    let header_len = match headers.get(HEADER_LENGTH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("{HEADER_LENGTH} must be a non-negative integer"),
+                    )
+                })?,
+        ),
+    };
+    let decoded = codec::decode_request(model, version, &body, header_len)?;
+    let resp = s.core.infer(decoded.request).await?;
+    let encoded = codec::encode_response(resp, &decoded.binary)?;
+    let mut response = Response::new(Body::from(encoded.body));
+    let h = response.headers_mut();
+    match encoded.json_len {
+        Some(n) => {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            h.insert(HEADER_LENGTH, HeaderValue::from(n));
+        }
+        None => {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+    }
+    Ok(response)
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    let text = s.opts.metrics.as_ref().map(|f| f()).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        // Distinguish the size limit from a broken connection.
+        let too_large = std::error::Error::source(&e)
+            .map(|s| s.is::<http_body_util::LengthLimitError>())
+            .unwrap_or(false);
+        if too_large {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body exceeds {limit} bytes"),
+            )
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read request body: {e}"),
+            )
+        }
+    })
+}

@@ -1,1 +1,216 @@
-fn main() {}
+//! `kiln`: serves a model repository over KServe V2 REST and gRPC in one process.
+
+mod cli;
+
+use anyhow::Context;
+use clap::Parser;
+use kiln_backend_ort::OrtFactory;
+use kiln_backend_tract::TractFactory;
+use kiln_core::backend::BackendFactory;
+use kiln_core::{Backends, Core, CoreOptions};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+fn main() -> anyhow::Result<()> {
+    let args = cli::Args::parse();
+    init_logging(args.log_verbose);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("kiln-io")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run(args))
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "{default},h2=info,hyper=info,tower=info,tract=warn,ort=warn"
+        ))
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(args: cli::Args) -> anyhow::Result<()> {
+    let prometheus = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            kiln_core::metrics::LATENCY_BUCKETS,
+        )
+        .context("invalid histogram buckets")?
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    kiln_core::metrics::describe();
+
+    let ort = Arc::new(OrtFactory::new(args.onnxruntime_lib.clone()));
+    let ort_probe = ort.clone();
+    match tokio::task::spawn_blocking(move || {
+        ort_probe
+            .availability()
+            .map(|_| ort_probe.library().map(|p| p.display().to_string()))
+    })
+    .await
+    .context("ONNX Runtime probe panicked")?
+    {
+        Ok(Some(lib)) => tracing::info!("ONNX Runtime: {lib}"),
+        Ok(None) => {}
+        Err(reason) => tracing::warn!(
+            "ONNX Runtime is not available ({reason}); ONNX models will run on tract"
+        ),
+    }
+    let backends = Backends::new(Some(ort), Some(Arc::new(TractFactory)));
+    let core = Core::new(
+        CoreOptions {
+            repository: args.model_repository.clone(),
+            strict_readiness: args.strict_readiness,
+        },
+        backends,
+    );
+
+    // Bind first, so that liveness answers while models load.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+    let render = {
+        let handle = prometheus.clone();
+        Arc::new(move || handle.render()) as kiln_http::MetricsRender
+    };
+    if args.allow_http {
+        let addr = SocketAddr::new(args.http_address, args.http_port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
+        tracing::info!("HTTP listening on {}", listener.local_addr()?);
+        let metrics_here = args.allow_metrics && args.metrics_port.is_none();
+        let app = kiln_http::router(
+            core.clone(),
+            kiln_http::HttpOptions {
+                max_body_bytes: args.http_max_body_bytes,
+                metrics: metrics_here.then(|| render.clone()),
+            },
+        );
+        let mut stop = stop_rx.clone();
+        servers.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+                .context("HTTP server failed")
+        });
+    }
+    if let (true, Some(port)) = (args.allow_metrics, args.metrics_port) {
+        let addr = SocketAddr::new(args.http_address, port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        tracing::info!("metrics listening on {}", listener.local_addr()?);
+        let render = render.clone();
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || async move { render() }),
+        );
+        let mut stop = stop_rx.clone();
+        servers.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+                .context("metrics server failed")
+        });
+    }
+    if args.allow_grpc {
+        let addr = SocketAddr::new(args.grpc_address, args.grpc_port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for gRPC on {addr}"))?;
+        tracing::info!("gRPC listening on {}", listener.local_addr()?);
+        let service =
+            kiln_grpc::InferenceService::new(core.clone()).into_server(args.grpc_max_message_bytes);
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let mut stop = stop_rx.clone();
+        servers.spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+                .context("gRPC server failed")
+        });
+    }
+    if servers.is_empty() {
+        anyhow::bail!("nothing to serve: both --allow-http and --allow-grpc are false");
+    }
+
+    let loader = core.clone();
+    let load = tokio::task::spawn_blocking(move || loader.load_repository());
+
+    tokio::select! {
+        r = load => {
+            r.context("model loading panicked")?.context("cannot load the model repository")?;
+            tracing::info!("model repository loaded; ready: {}", core.is_ready());
+        }
+        _ = shutdown_signal() => return shutdown(core, stop_tx, servers, args.exit_timeout_secs).await,
+        Some(r) = servers.join_next() => return r.context("server task panicked")?,
+    }
+    tokio::select! {
+        _ = shutdown_signal() => shutdown(core, stop_tx, servers, args.exit_timeout_secs).await,
+        Some(r) = servers.join_next() => r.context("server task panicked")?,
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// Readiness goes false, listeners stop accepting, requests in flight finish
+/// (up to `exit_timeout_secs`), then the process exits.
+async fn shutdown(
+    core: Core,
+    stop: watch::Sender<bool>,
+    mut servers: tokio::task::JoinSet<anyhow::Result<()>>,
+    exit_timeout_secs: u64,
+) -> anyhow::Result<()> {
+    tracing::info!("shutting down: draining requests in flight");
+    core.begin_drain();
+    let _ = stop.send(true);
+    let drained = tokio::time::timeout(Duration::from_secs(exit_timeout_secs), async {
+        while let Some(r) = servers.join_next().await {
+            if let Ok(Err(e)) = r {
+                tracing::warn!("{e:#}");
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("requests still in flight after {exit_timeout_secs}s; exiting anyway");
+    }
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! Command-line flags. Each has an environment variable (`KILN_…`); names follow
+//! Triton's where Triton has one.
+
+use clap::Parser;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kiln",
+    version,
+    about = "Kiln: a model inference server speaking KServe V2 over REST and gRPC"
+)]
+pub struct Args {
+    /// Model repository: <repo>/<model>/<version>/model.onnx, with an optional <repo>/<model>/config.toml.
+    #[arg(long, env = "KILN_MODEL_REPOSITORY")]
+    pub model_repository: PathBuf,
+
+    /// Address the HTTP (REST) server binds to.
+    #[arg(long, env = "KILN_HTTP_ADDRESS", default_value = "0.0.0.0")]
+    pub http_address: IpAddr,
+
+    /// HTTP port (0 picks a free one; the log says which).
+    #[arg(long, env = "KILN_HTTP_PORT", default_value_t = 8000)]
+    pub http_port: u16,
+
+    /// Address the gRPC server binds to.
+    #[arg(long, env = "KILN_GRPC_ADDRESS", default_value = "0.0.0.0")]
+    pub grpc_address: IpAddr,
+
+    /// gRPC port (0 picks a free one; the log says which).
+    #[arg(long, env = "KILN_GRPC_PORT", default_value_t = 8001)]
+    pub grpc_port: u16,
+
+    /// Serve REST.
+    #[arg(long, env = "KILN_ALLOW_HTTP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub allow_http: bool,
+
+    /// Serve gRPC.
+    #[arg(long, env = "KILN_ALLOW_GRPC", default_value_t = true, action = clap::ArgAction::Set)]
+    pub allow_grpc: bool,
+
+    /// Serve Prometheus metrics at GET /metrics.
+    #[arg(long, env = "KILN_ALLOW_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub allow_metrics: bool,
+
+    /// Serve /metrics on this separate port (on the HTTP address) instead of the HTTP port.
+    #[arg(long, env = "KILN_METRICS_PORT")]
+    pub metrics_port: Option<u16>,
+
+    /// Ready only when every model in the repository is ready (false: ready once loading ends).
+    #[arg(long, env = "KILN_STRICT_READINESS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub strict_readiness: bool,
+
+    /// Path of libonnxruntime.so (else ORT_DYLIB_PATH, then the search the README describes).
+    #[arg(long, env = "KILN_ONNXRUNTIME_LIB")]
+    pub onnxruntime_lib: Option<PathBuf>,
+
+    /// Largest HTTP request body, in bytes.
+    #[arg(long, env = "KILN_HTTP_MAX_BODY_BYTES", default_value_t = 64 << 20)]
+    pub http_max_body_bytes: usize,
+
+    /// Largest gRPC message, in bytes, in either direction.
+    #[arg(long, env = "KILN_GRPC_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
+    pub grpc_max_message_bytes: usize,
+
+    /// Seconds to let requests in flight finish after SIGTERM/SIGINT.
+    #[arg(long, env = "KILN_EXIT_TIMEOUT_SECS", default_value_t = 30)]
+    pub exit_timeout_secs: u64,
+
+    /// Log detail: 0 info, 1 debug, 2 trace (KILN_LOG, a tracing filter, overrides it).
+    #[arg(long, env = "KILN_LOG_VERBOSE", default_value_t = 0)]
+    pub log_verbose: u8,
+}
