@@ -1,0 +1,147 @@
+//! Starts the real `kiln` binary on free 127.0.0.1 ports and talks to it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub struct Server {
+    child: Child,
+    pub http: u16,
+    pub grpc: u16,
+    pub log: mpsc::Receiver<String>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Starts kiln on `repo` (relative to the source root) with extra flags, and waits
+/// until the repository is loaded.
+pub fn start(repo: &str, extra: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .current_dir(repo_root())
+        .args(["--model-repository", repo, "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1"])
+        .args(["--http-port", "0", "--grpc-port", "0"])
+        .args(extra)
+        .env("NO_COLOR", "1")
+        .env_remove("KILN_LOG")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start kiln");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            // Strip ANSI colour codes.
+            let mut clean = String::new();
+            let mut esc = false;
+            for c in line.chars() {
+                match (esc, c) {
+                    (false, '\u{1b}') => esc = true,
+                    (true, 'm') => esc = false,
+                    (true, _) => {}
+                    (false, c) => clean.push(c),
+                }
+            }
+            if tx.send(clean).is_err() {
+                break;
+            }
+        }
+    });
+    let (mut http, mut grpc) = (0, 0);
+    loop {
+        let line = rx.recv_timeout(Duration::from_secs(60)).expect("kiln did not start in time");
+        let port = |l: &str| l.rsplit(':').next().and_then(|p| p.trim().parse::<u16>().ok()).unwrap_or(0);
+        if line.contains("HTTP listening on") {
+            http = port(&line);
+        } else if line.contains("gRPC listening on") {
+            grpc = port(&line);
+        } else if line.contains("model repository loaded") {
+            break;
+        }
+    }
+    assert!(http > 0 && grpc > 0, "ports not found in the log");
+    Server { child, http, grpc, log: rx }
+}
+
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn error(&self) -> String {
+        self.json()["error"].as_str().unwrap_or_else(|| panic!("no error field: {:?}", self.json())).to_string()
+    }
+}
+
+/// A minimal HTTP/1.1 client: one request per connection.
+pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> HttpResponse {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("header end");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked")) {
+        body = dechunk(&body);
+    }
+    HttpResponse { status, headers, body }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(nl) = b.windows(2).position(|w| w == b"\r\n") else { break };
+        let n = usize::from_str_radix(std::str::from_utf8(&b[..nl]).unwrap().trim(), 16).unwrap();
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[nl + 2..nl + 2 + n]);
+        b = &b[nl + 2 + n + 2..];
+    }
+    out
+}
+
+pub fn get(port: u16, path: &str) -> HttpResponse {
+    http(port, "GET", path, &[], b"")
+}
+
+pub fn post_json(port: u16, path: &str, body: &serde_json::Value) -> HttpResponse {
+    http(port, "POST", path, &[("Content-Type", "application/json".into())], body.to_string().as_bytes())
+}
