@@ -146,7 +146,9 @@ fn bad_requests_get_clear_errors_and_the_server_stays_live() {
     let s = start("tests/models", &[]);
     let fp32 = |shape: Value, data: Value| json!({"inputs": [{"name": "INPUT0", "shape": shape, "datatype": "FP32", "data": data}]});
     let ones = |n: usize| json!(vec![1.0; n]);
-    let cases: Vec<(&str, Vec<u8>, Option<usize>, u16, &str)> = vec![
+    // (path, body, Inference-Header-Content-Length, status, what the error says)
+    type Case<'a> = (&'a str, Vec<u8>, Option<usize>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         ("/v2/models/mlp_tiny/infer", json!({"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "INT32", "data": vec![1; 16]}]}).to_string().into_bytes(), None, 400, "datatype INT32, expected FP32"),
         ("/v2/models/mlp_tiny/infer", fp32(json!([1, 15]), ones(15)).to_string().into_bytes(), None, 400, "shape [1, 15], expected [-1, 16]"),
         ("/v2/models/mlp_tiny/infer", fp32(json!([1, 16]), ones(15)).to_string().into_bytes(), None, 400, "needs 16 elements"),

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs Kiln's whole test suite: Rust unit and integration tests (the real binary
+# over REST and gRPC), then the Python suite (tritonclient over HTTP JSON/binary and
+# gRPC against in-process onnxruntime on both backends, and perf_analyzer smoke runs).
+# Installs what it needs: the virtualenv (scripts/setup-python.sh) and libb64 for perf_analyzer.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=$(scripts/setup-python.sh | tail -n 1)
+cargo build --release --locked
+cargo test --release --workspace --locked
+KILN_BIN="$PWD/target/release/kiln" \
+KILN_REQUIRE_PERF_ANALYZER="${KILN_REQUIRE_PERF_ANALYZER:-1}" \
+  "$venv/bin/python" -m pytest -q tests/python "$@"
