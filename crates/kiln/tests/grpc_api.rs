@@ -10,7 +10,9 @@ use tonic::Code;
 type Client = GrpcInferenceServiceClient<tonic::transport::Channel>;
 
 async fn client(port: u16) -> Client {
-    GrpcInferenceServiceClient::connect(format!("http://127.0.0.1:{port}")).await.expect("connect")
+    GrpcInferenceServiceClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("connect")
 }
 
 fn fp32_input(name: &str, shape: Vec<i64>) -> InferInputTensor {
@@ -23,7 +25,9 @@ fn fp32_input(name: &str, shape: Vec<i64>) -> InferInputTensor {
 }
 
 fn mlp_request(batch: usize) -> ModelInferRequest {
-    let data: Vec<u8> = (0..batch * 16).flat_map(|i| ((i % 5) as f32 * 0.3).to_le_bytes()).collect();
+    let data: Vec<u8> = (0..batch * 16)
+        .flat_map(|i| ((i % 5) as f32 * 0.3).to_le_bytes())
+        .collect();
     ModelInferRequest {
         model_name: "mlp_tiny".into(),
         inputs: vec![fp32_input("INPUT0", vec![batch as i64, 16])],
@@ -36,22 +40,59 @@ fn mlp_request(batch: usize) -> ModelInferRequest {
 async fn health_metadata_config_and_infer() {
     let s = common::start("tests/models", &[]);
     let mut c = client(s.grpc).await;
-    assert!(c.server_live(ServerLiveRequest {}).await.unwrap().into_inner().live);
-    assert!(!c.server_ready(ServerReadyRequest {}).await.unwrap().into_inner().ready, "broken model: not ready");
-    let ready = |name: &str| ModelReadyRequest { name: name.into(), version: String::new() };
-    assert!(c.model_ready(ready("mlp_tiny")).await.unwrap().into_inner().ready);
-    assert!(!c.model_ready(ready("broken")).await.unwrap().into_inner().ready);
-    assert_eq!(c.model_ready(ready("nope")).await.unwrap_err().code(), Code::NotFound);
+    assert!(
+        c.server_live(ServerLiveRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .live
+    );
+    assert!(
+        !c.server_ready(ServerReadyRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .ready,
+        "broken model: not ready"
+    );
+    let ready = |name: &str| ModelReadyRequest {
+        name: name.into(),
+        version: String::new(),
+    };
+    assert!(
+        c.model_ready(ready("mlp_tiny"))
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+    );
+    assert!(
+        !c.model_ready(ready("broken"))
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+    );
+    assert_eq!(
+        c.model_ready(ready("nope")).await.unwrap_err().code(),
+        Code::NotFound
+    );
 
     let md = c
-        .model_metadata(ModelMetadataRequest { name: "mlp_tiny".into(), version: String::new() })
+        .model_metadata(ModelMetadataRequest {
+            name: "mlp_tiny".into(),
+            version: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(md.inputs[0].shape, vec![-1, 16]);
     assert_eq!(md.versions, vec!["1"]);
     let cfg = c
-        .model_config(ModelConfigRequest { name: "mlp_tiny".into(), version: "1".into() })
+        .model_config(ModelConfigRequest {
+            name: "mlp_tiny".into(),
+            version: "1".into(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -64,21 +105,37 @@ async fn health_metadata_config_and_infer() {
     let resp = c.model_infer(mlp_request(2)).await.unwrap().into_inner();
     assert_eq!(resp.model_version, "1");
     assert_eq!(resp.outputs[0].shape, vec![2, 4]);
-    let probs: Vec<f32> = resp.raw_output_contents[0].chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    let probs: Vec<f32> = resp.raw_output_contents[0]
+        .chunks(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
     for row in probs.chunks(4) {
         assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
     }
 
     // Typed contents instead of raw bytes give the same answer.
     let mut typed = mlp_request(2);
-    let values: Vec<f32> = typed.raw_input_contents[0].chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    let values: Vec<f32> = typed.raw_input_contents[0]
+        .chunks(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
     typed.raw_input_contents.clear();
-    typed.inputs[0].contents = Some(InferTensorContents { fp32_contents: values, ..Default::default() });
-    typed.outputs = vec![InferRequestedOutputTensor { name: "OUTPUT0".into(), ..Default::default() }];
+    typed.inputs[0].contents = Some(InferTensorContents {
+        fp32_contents: values,
+        ..Default::default()
+    });
+    typed.outputs = vec![InferRequestedOutputTensor {
+        name: "OUTPUT0".into(),
+        ..Default::default()
+    }];
     let again = c.model_infer(typed).await.unwrap().into_inner();
     assert_eq!(again.raw_output_contents, resp.raw_output_contents);
 
-    let idx = c.repository_index(RepositoryIndexRequest::default()).await.unwrap().into_inner();
+    let idx = c
+        .repository_index(RepositoryIndexRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     let broken = idx.models.iter().find(|m| m.name == "broken").unwrap();
     assert_eq!(broken.state, "UNAVAILABLE");
     assert!(!broken.reason.is_empty());
@@ -89,17 +146,83 @@ async fn every_datatype_round_trips_with_typed_and_raw_contents() {
     let s = common::start("tests/models", &[]);
     let mut c = client(s.grpc).await;
     let typed: Vec<(&str, InferTensorContents)> = vec![
-        ("BOOL", InferTensorContents { bool_contents: vec![true, false], ..Default::default() }),
-        ("UINT8", InferTensorContents { uint_contents: vec![0, 255], ..Default::default() }),
-        ("UINT16", InferTensorContents { uint_contents: vec![1, 65535], ..Default::default() }),
-        ("UINT32", InferTensorContents { uint_contents: vec![2, u32::MAX], ..Default::default() }),
-        ("UINT64", InferTensorContents { uint64_contents: vec![3, u64::MAX], ..Default::default() }),
-        ("INT8", InferTensorContents { int_contents: vec![-128, 127], ..Default::default() }),
-        ("INT16", InferTensorContents { int_contents: vec![-32768, 32767], ..Default::default() }),
-        ("INT32", InferTensorContents { int_contents: vec![i32::MIN, i32::MAX], ..Default::default() }),
-        ("INT64", InferTensorContents { int64_contents: vec![i64::MIN, i64::MAX], ..Default::default() }),
-        ("FP32", InferTensorContents { fp32_contents: vec![0.1, -2.5], ..Default::default() }),
-        ("FP64", InferTensorContents { fp64_contents: vec![0.1, -1e300], ..Default::default() }),
+        (
+            "BOOL",
+            InferTensorContents {
+                bool_contents: vec![true, false],
+                ..Default::default()
+            },
+        ),
+        (
+            "UINT8",
+            InferTensorContents {
+                uint_contents: vec![0, 255],
+                ..Default::default()
+            },
+        ),
+        (
+            "UINT16",
+            InferTensorContents {
+                uint_contents: vec![1, 65535],
+                ..Default::default()
+            },
+        ),
+        (
+            "UINT32",
+            InferTensorContents {
+                uint_contents: vec![2, u32::MAX],
+                ..Default::default()
+            },
+        ),
+        (
+            "UINT64",
+            InferTensorContents {
+                uint64_contents: vec![3, u64::MAX],
+                ..Default::default()
+            },
+        ),
+        (
+            "INT8",
+            InferTensorContents {
+                int_contents: vec![-128, 127],
+                ..Default::default()
+            },
+        ),
+        (
+            "INT16",
+            InferTensorContents {
+                int_contents: vec![-32768, 32767],
+                ..Default::default()
+            },
+        ),
+        (
+            "INT32",
+            InferTensorContents {
+                int_contents: vec![i32::MIN, i32::MAX],
+                ..Default::default()
+            },
+        ),
+        (
+            "INT64",
+            InferTensorContents {
+                int64_contents: vec![i64::MIN, i64::MAX],
+                ..Default::default()
+            },
+        ),
+        (
+            "FP32",
+            InferTensorContents {
+                fp32_contents: vec![0.1, -2.5],
+                ..Default::default()
+            },
+        ),
+        (
+            "FP64",
+            InferTensorContents {
+                fp64_contents: vec![0.1, -1e300],
+                ..Default::default()
+            },
+        ),
     ];
     let mut inputs: Vec<InferInputTensor> = typed
         .iter()
@@ -112,16 +235,49 @@ async fn every_datatype_round_trips_with_typed_and_raw_contents() {
         })
         .collect();
     // FP16 has no typed field: the protocol says raw only, so send it in a separate raw request below.
-    inputs.push(InferInputTensor { name: "IN_FP16".into(), datatype: "FP16".into(), shape: vec![1, 2], ..Default::default() });
-    let req = ModelInferRequest { model_name: "identity_types".into(), inputs: inputs.clone(), ..Default::default() };
+    inputs.push(InferInputTensor {
+        name: "IN_FP16".into(),
+        datatype: "FP16".into(),
+        shape: vec![1, 2],
+        ..Default::default()
+    });
+    let req = ModelInferRequest {
+        model_name: "identity_types".into(),
+        inputs: inputs.clone(),
+        ..Default::default()
+    };
     let e = c.model_infer(req).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(e.message().contains("IN_FP16") && e.message().contains("no data"), "{}", e.message());
+    assert!(
+        e.message().contains("IN_FP16") && e.message().contains("no data"),
+        "{}",
+        e.message()
+    );
 
     // All raw: every type's bytes come back unchanged.
     let widths = [1, 1, 2, 4, 8, 1, 2, 4, 8, 4, 8, 2];
-    let raw_inputs: Vec<InferInputTensor> = inputs.iter().map(|i| InferInputTensor { contents: None, ..i.clone() }).collect();
-    let raw: Vec<Vec<u8>> = widths.iter().enumerate().map(|(k, w)| (0..2 * w).map(|i| if k == 0 { (i % 2) as u8 } else { (i * 29 + k) as u8 }).collect()).collect();
+    let raw_inputs: Vec<InferInputTensor> = inputs
+        .iter()
+        .map(|i| InferInputTensor {
+            contents: None,
+            ..i.clone()
+        })
+        .collect();
+    let raw: Vec<Vec<u8>> = widths
+        .iter()
+        .enumerate()
+        .map(|(k, w)| {
+            (0..2 * w)
+                .map(|i| {
+                    if k == 0 {
+                        (i % 2) as u8
+                    } else {
+                        (i * 29 + k) as u8
+                    }
+                })
+                .collect()
+        })
+        .collect();
     let req = ModelInferRequest {
         model_name: "identity_types".into(),
         inputs: raw_inputs.clone(),
@@ -130,7 +286,10 @@ async fn every_datatype_round_trips_with_typed_and_raw_contents() {
     };
     let resp = c.model_infer(req).await.unwrap().into_inner();
     for (o, out_raw) in resp.outputs.iter().zip(&resp.raw_output_contents) {
-        let k = raw_inputs.iter().position(|i| i.name == o.name.replace("OUT_", "IN_")).unwrap();
+        let k = raw_inputs
+            .iter()
+            .position(|i| i.name == o.name.replace("OUT_", "IN_"))
+            .unwrap();
         assert_eq!(o.datatype, raw_inputs[k].datatype);
         assert_eq!(out_raw, &raw[k], "{}", o.name);
     }
@@ -141,7 +300,11 @@ async fn every_datatype_round_trips_with_typed_and_raw_contents() {
         ..Default::default()
     };
     let e = c.model_infer(req).await.unwrap_err();
-    assert!(e.message().contains("input 'IN_FP16' is missing"), "{}", e.message());
+    assert!(
+        e.message().contains("input 'IN_FP16' is missing"),
+        "{}",
+        e.message()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,35 +341,61 @@ async fn bad_requests_get_status_codes_and_streams_carry_errors() {
     cases.push((r, Code::InvalidArgument, "unknown datatype"));
     let mut r = mlp_request(1);
     r.raw_input_contents.clear();
-    r.inputs[0].contents = Some(InferTensorContents { fp32_contents: vec![1.0; 3], ..Default::default() });
+    r.inputs[0].contents = Some(InferTensorContents {
+        fp32_contents: vec![1.0; 3],
+        ..Default::default()
+    });
     cases.push((r, Code::InvalidArgument, "needs 64 bytes"));
     let mut r = mlp_request(1);
     r.raw_input_contents.clear();
-    r.inputs[0].contents = Some(InferTensorContents { int_contents: vec![1; 16], ..Default::default() });
+    r.inputs[0].contents = Some(InferTensorContents {
+        int_contents: vec![1; 16],
+        ..Default::default()
+    });
     cases.push((r, Code::InvalidArgument, "needs 64 bytes"));
     for (req, code, want) in cases {
         let e = c.model_infer(req).await.unwrap_err();
         assert_eq!(e.code(), code, "{}", e.message());
-        assert!(e.message().contains(want), "{:?} does not mention {want:?}", e.message());
-        assert!(c.server_live(ServerLiveRequest {}).await.unwrap().into_inner().live);
+        assert!(
+            e.message().contains(want),
+            "{:?} does not mention {want:?}",
+            e.message()
+        );
+        assert!(
+            c.server_live(ServerLiveRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .live
+        );
     }
 
     // A stream answers in order; a bad request's error travels in the stream and the stream goes on.
     let mut bad = mlp_request(1);
     bad.model_name = "nope".into();
     let reqs = vec![mlp_request(1), bad, mlp_request(3)];
-    let mut stream = c.model_stream_infer(tokio_stream_iter(reqs)).await.unwrap().into_inner();
+    let mut stream = c
+        .model_stream_infer(tokio_stream_iter(reqs))
+        .await
+        .unwrap()
+        .into_inner();
     let first = stream.message().await.unwrap().unwrap();
     assert!(first.error_message.is_empty());
     assert_eq!(first.infer_response.unwrap().outputs[0].shape, vec![1, 4]);
     let second = stream.message().await.unwrap().unwrap();
-    assert!(second.error_message.contains("unknown model"), "{}", second.error_message);
+    assert!(
+        second.error_message.contains("unknown model"),
+        "{}",
+        second.error_message
+    );
     let third = stream.message().await.unwrap().unwrap();
     assert_eq!(third.infer_response.unwrap().outputs[0].shape, vec![3, 4]);
     assert!(stream.message().await.unwrap().is_none());
 }
 
-fn tokio_stream_iter(reqs: Vec<ModelInferRequest>) -> impl futures_core_stream::Stream<Item = ModelInferRequest> {
+fn tokio_stream_iter(
+    reqs: Vec<ModelInferRequest>,
+) -> impl futures_core_stream::Stream<Item = ModelInferRequest> {
     futures_core_stream::iter(reqs)
 }
 

@@ -31,7 +31,14 @@ pub fn repo_root() -> PathBuf {
 pub fn start(repo: &str, extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .current_dir(repo_root())
-        .args(["--model-repository", repo, "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1"])
+        .args([
+            "--model-repository",
+            repo,
+            "--http-address",
+            "127.0.0.1",
+            "--grpc-address",
+            "127.0.0.1",
+        ])
         .args(["--http-port", "0", "--grpc-port", "0"])
         .args(extra)
         .env("NO_COLOR", "1")
@@ -62,8 +69,15 @@ pub fn start(repo: &str, extra: &[&str]) -> Server {
     });
     let (mut http, mut grpc) = (0, 0);
     loop {
-        let line = rx.recv_timeout(Duration::from_secs(60)).expect("kiln did not start in time");
-        let port = |l: &str| l.rsplit(':').next().and_then(|p| p.trim().parse::<u16>().ok()).unwrap_or(0);
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("kiln did not start in time");
+        let port = |l: &str| {
+            l.rsplit(':')
+                .next()
+                .and_then(|p| p.trim().parse::<u16>().ok())
+                .unwrap_or(0)
+        };
         if line.contains("HTTP listening on") {
             http = port(&line);
         } else if line.contains("gRPC listening on") {
@@ -73,7 +87,12 @@ pub fn start(repo: &str, extra: &[&str]) -> Server {
         }
     }
     assert!(http > 0 && grpc > 0, "ports not found in the log");
-    Server { child, http, grpc, log: rx }
+    Server {
+        child,
+        http,
+        grpc,
+        log: rx,
+    }
 }
 
 pub struct HttpResponse {
@@ -84,7 +103,8 @@ pub struct HttpResponse {
 
 impl HttpResponse {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -93,12 +113,21 @@ impl HttpResponse {
             .map(|(_, v)| v.as_str())
     }
     pub fn error(&self) -> String {
-        self.json()["error"].as_str().unwrap_or_else(|| panic!("no error field: {:?}", self.json())).to_string()
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error field: {:?}", self.json()))
+            .to_string()
     }
 }
 
 /// A minimal HTTP/1.1 client: one request per connection.
-pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> HttpResponse {
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> HttpResponse {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
@@ -110,18 +139,38 @@ pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, String)], bod
     s.write_all(body).unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("header end");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("header end");
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
     let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        })
         .collect();
     let mut body = raw[split + 4..].to_vec();
-    if headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked")) {
+    if headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))
+    {
         body = dechunk(&body);
     }
-    HttpResponse { status, headers, body }
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
@@ -142,5 +191,11 @@ pub fn get(port: u16, path: &str) -> HttpResponse {
 }
 
 pub fn post_json(port: u16, path: &str, body: &serde_json::Value) -> HttpResponse {
-    http(port, "POST", path, &[("Content-Type", "application/json".into())], body.to_string().as_bytes())
+    http(
+        port,
+        "POST",
+        path,
+        &[("Content-Type", "application/json".into())],
+        body.to_string().as_bytes(),
+    )
 }
