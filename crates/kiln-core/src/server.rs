@@ -353,7 +353,7 @@ impl Core {
         };
         mv.metrics.queue.record(done.queue.as_secs_f64());
         mv.metrics.compute.record(done.compute.as_secs_f64());
-        let mut all = done.outputs.inspect_err(|e| {
+        let all = done.outputs.inspect_err(|e| {
             guard.outcome = if e.kind == ErrorKind::Unavailable {
                 Outcome::Rejected
             } else {
@@ -369,15 +369,16 @@ impl Core {
                 mv.signature.outputs.len()
             )));
         }
+        // Validation rejects duplicate output names, so each slot is taken once.
+        let mut all: Vec<Option<crate::tensor::Tensor>> = all.into_iter().map(Some).collect();
         let mut outputs = Vec::with_capacity(valid.outputs.len());
         for &i in &valid.outputs {
-            outputs.push(InferOutput {
-                name: mv.signature.outputs[i].name.clone(),
-                tensor: std::mem::replace(
-                    &mut all[i],
-                    crate::tensor::Tensor::from_vec::<u8>(vec![0], vec![]).expect("empty tensor"),
-                ),
-            });
+            if let Some(tensor) = all[i].take() {
+                outputs.push(InferOutput {
+                    name: mv.signature.outputs[i].name.clone(),
+                    tensor,
+                });
+            }
         }
         guard.outcome = Outcome::Success;
         mv.metrics.request.record(started.elapsed().as_secs_f64());
