@@ -3,6 +3,7 @@
 mod cli;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use clap::Parser;
 use kiln_backend_ort::OrtFactory;
 use kiln_backend_tract::TractFactory;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_stream::StreamExt;
 
 fn main() -> anyhow::Result<()> {
     let args = cli::Args::parse();
@@ -101,6 +103,9 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
             },
         );
         let mut stop = stop_rx.clone();
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         servers.spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
@@ -139,7 +144,13 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
         tracing::info!("gRPC listening on {}", listener.local_addr()?);
         let service =
             kiln_grpc::InferenceService::new(core.clone()).into_server(args.grpc_max_message_bytes);
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // Small responses must not wait for Nagle's algorithm and delayed ACKs.
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+            if let Ok(tcp) = &conn {
+                let _ = tcp.set_nodelay(true);
+            }
+            conn
+        });
         let mut stop = stop_rx.clone();
         servers.spawn(async move {
             tonic::transport::Server::builder()
