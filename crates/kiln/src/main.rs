@@ -102,18 +102,7 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
                 metrics: metrics_here.then(|| render.clone()),
             },
         );
-        let mut stop = stop_rx.clone();
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        servers.spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-                .context("HTTP server failed")
-        });
+        servers.spawn(serve_axum(listener, app, stop_rx.clone(), "HTTP"));
     }
     if let (true, Some(port)) = (args.allow_metrics, args.metrics_port) {
         let addr = SocketAddr::new(args.http_address, port);
@@ -126,15 +115,7 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
             "/metrics",
             axum::routing::get(move || async move { render() }),
         );
-        let mut stop = stop_rx.clone();
-        servers.spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-                .context("metrics server failed")
-        });
+        servers.spawn(serve_axum(listener, app, stop_rx.clone(), "metrics"));
     }
     if args.allow_grpc {
         let addr = SocketAddr::new(args.grpc_address, args.grpc_port);
@@ -181,6 +162,25 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
         _ = shutdown_signal() => shutdown(core, stop_tx, servers, args.exit_timeout_secs).await,
         Some(r) = servers.join_next() => r.context("server task panicked")?,
     }
+}
+
+/// Serves an axum app until `stop` turns true, with TCP_NODELAY on every connection
+/// (small responses must not wait on Nagle's algorithm and delayed ACKs).
+async fn serve_axum(
+    listener: TcpListener,
+    app: axum::Router,
+    mut stop: watch::Receiver<bool>,
+    what: &'static str,
+) -> anyhow::Result<()> {
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+        .with_context(|| format!("{what} server failed"))
 }
 
 async fn shutdown_signal() {
