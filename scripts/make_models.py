@@ -151,12 +151,112 @@ def fixed_shape_add():
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
 
 
+def scale():
+    """Y = 2 X + 1, FP32 [batch, n]: every output row is checkable from its input."""
+    nodes = [
+        helper.make_node("Mul", ["X", "two"], ["x2"]),
+        helper.make_node("Add", ["x2", "one"], ["Y"]),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "scale",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", "n"])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", "n"])],
+        [init("two", np.float32(2.0)), init("one", np.float32(1.0))],
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+def slow(layers=400, width=512):
+    """X [batch, 512] through `layers` x (MatMul W, Tanh) with one shared W: about
+    100 M multiply-adds per row, so a request's cost is set by its batch size. W is
+    computed in the graph from a Range (the runtime folds it at load), which keeps
+    the file small."""
+    n = width * width
+    nodes = [
+        helper.make_node("Range", ["r0", "rn", "r1"], ["ramp"]),
+        helper.make_node("Mul", ["ramp", "freq"], ["phase"]),
+        helper.make_node("Sin", ["phase"], ["wave"]),
+        helper.make_node("Mul", ["wave", "norm"], ["flat"]),
+        helper.make_node("Reshape", ["flat", "wshape"], ["W"]),
+    ]
+    prev = "X"
+    for i in range(layers):
+        out = "Y" if i == layers - 1 else f"t{i}"
+        nodes.append(helper.make_node("MatMul", [prev, "W"], [f"m{i}"]))
+        nodes.append(helper.make_node("Tanh", [f"m{i}"], [out]))
+        prev = out
+    g = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", width])],
+        [
+            init("r0", np.float32(0)),
+            init("rn", np.float32(n)),
+            init("r1", np.float32(1)),
+            init("freq", np.float32(0.7371)),
+            init("norm", np.float32(1.7 / np.sqrt(width))),
+            init("wshape", np.array([width, width], dtype=np.int64)),
+        ],
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+def gather():
+    """Y[b, 0] = X[b, IDX[b, 0]]: an index outside 0..3 makes the runtime fail."""
+    nodes = [helper.make_node("GatherElements", ["X", "IDX"], ["Y"], axis=1)]
+    g = helper.make_graph(
+        nodes,
+        "gather",
+        [
+            helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", 4]),
+            helper.make_tensor_value_info("IDX", TensorProto.INT64, ["batch", 1]),
+        ],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", 1])],
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+def mlp(name, sizes, rng):
+    """A ReLU MLP with the given layer sizes, input INPUT0, output OUTPUT0."""
+    nodes, inits, prev = [], [], "INPUT0"
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+        w = (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32)
+        bias = (rng.standard_normal(b) * 0.1).astype(np.float32)
+        inits += [init(f"w{i}", w), init(f"b{i}", bias)]
+        last = i == len(sizes) - 2
+        nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"mm{i}"]))
+        nodes.append(helper.make_node("Add", [f"mm{i}", f"b{i}"], ["OUTPUT0" if last else f"a{i}"]))
+        if not last:
+            nodes.append(helper.make_node("Relu", [f"a{i}"], [f"r{i}"]))
+            prev = f"r{i}"
+    g = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", sizes[0]])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", sizes[-1]])],
+        inits,
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+def bench_models(repo):
+    """The load benchmark's models: the tiny MLP and a compute-heavy one."""
+    save(mlp_tiny(np.random.default_rng(20261122)), repo, "mlp_tiny")
+    save(mlp("mlp_heavy", [256, 1024, 1024, 1024, 10], np.random.default_rng(3)), repo, "mlp_heavy")
+
+
 def main():
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default=os.path.join(here, "models"))
     ap.add_argument("--test-models", default=os.path.join(here, "tests", "models"))
+    ap.add_argument("--bench-models", help="write only the benchmark models, into this folder")
     a = ap.parse_args()
+    if a.bench_models:
+        bench_models(a.bench_models)
+        return
     rng = np.random.default_rng(20261122)
     save(mlp_tiny(rng), a.models, "mlp_tiny")
     save(cnn_small(rng), a.models, "cnn_small")
@@ -170,6 +270,14 @@ def main():
     )
     save(fixed_shape_add(), a.test_models, "add_fixed")
     save(mlp_tiny(np.random.default_rng(20261122)), a.test_models, "mlp_tiny")
+    save(scale(), a.test_models, "scale", "max_queue_delay_us = 2000\ninstance_count = 2\n")
+    save(
+        slow(),
+        a.test_models,
+        "slow",
+        "max_batch_size = 64\ndynamic_batching = false\nmax_queue_size = 2\nintra_op_threads = 1\n",
+    )
+    save(gather(), a.test_models, "gather", 'backend = "onnxruntime"\n')
     os.makedirs(os.path.join(a.test_models, "broken", "1"), exist_ok=True)
     with open(os.path.join(a.test_models, "broken", "1", "model.onnx"), "wb") as f:
         f.write(b"this is not an onnx model")

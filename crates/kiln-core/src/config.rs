@@ -17,6 +17,10 @@ pub const DEFAULT_MODEL_FILENAME: &str = "model.onnx";
 pub const DEFAULT_MAX_BATCH_SIZE: u32 = 32;
 /// Requests a version queues before it rejects new ones (HTTP 503 / UNAVAILABLE).
 pub const DEFAULT_MAX_QUEUE_SIZE: usize = 1024;
+/// Largest `max_batch_size` a config may set.
+pub const MAX_BATCH_SIZE_LIMIT: u32 = 4096;
+/// Largest `max_queue_delay_us` a config may set.
+pub const MAX_QUEUE_DELAY_US_LIMIT: u64 = 10_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -84,6 +88,19 @@ pub struct ModelConfigFile {
     pub instance_count: Option<usize>,
     /// Requests queued per version before new ones are rejected. Default 1024.
     pub max_queue_size: Option<usize>,
+    /// Join concurrent requests into one backend execution. Default: true when the
+    /// model batches (`max_batch_size` > 0).
+    pub dynamic_batching: Option<bool>,
+    /// How long the oldest queued request may wait for a batch to fill, in
+    /// microseconds. Default 0: an idle instance takes what is queued at once.
+    pub max_queue_delay_us: Option<u64>,
+    /// Batch sizes dispatched as soon as they are reached, without waiting out
+    /// `max_queue_delay_us`.
+    #[serde(default)]
+    pub preferred_batch_sizes: Vec<u32>,
+    /// Default request timeout in microseconds (0 or absent: none). A request's own
+    /// `timeout` parameter or gRPC deadline shortens it.
+    pub timeout_us: Option<u64>,
     /// Threads one backend instance uses inside an operator (0: the runtime's default).
     pub intra_op_threads: Option<usize>,
     /// Model file name inside each version folder. Default `model.onnx`.
@@ -135,8 +152,39 @@ impl ModelConfigFile {
                 "must be between 1 and 256".into(),
             ));
         }
-        if self.max_queue_size == Some(0) {
-            return Err(invalid("max_queue_size", "must be at least 1".into()));
+        if self.max_queue_size == Some(0) || self.max_queue_size.is_some_and(|n| n > 1 << 20) {
+            return Err(invalid(
+                "max_queue_size",
+                "must be between 1 and 1048576".into(),
+            ));
+        }
+        if self
+            .max_batch_size
+            .is_some_and(|n| n > MAX_BATCH_SIZE_LIMIT)
+        {
+            return Err(invalid(
+                "max_batch_size",
+                format!("must be at most {MAX_BATCH_SIZE_LIMIT}"),
+            ));
+        }
+        if self
+            .max_queue_delay_us
+            .is_some_and(|d| d > MAX_QUEUE_DELAY_US_LIMIT)
+        {
+            return Err(invalid(
+                "max_queue_delay_us",
+                format!("must be at most {MAX_QUEUE_DELAY_US_LIMIT} (10 s)"),
+            ));
+        }
+        if let Some(&bad) = self
+            .preferred_batch_sizes
+            .iter()
+            .find(|&&n| n == 0 || self.max_batch_size.is_some_and(|m| n > m))
+        {
+            return Err(invalid(
+                "preferred_batch_sizes",
+                format!("{bad} is not between 1 and max_batch_size"),
+            ));
         }
         if let Some(f) = &self.default_model_filename {
             if f.is_empty() || f.contains('/') || f.contains("..") {
@@ -178,6 +226,22 @@ impl ModelConfigFile {
     pub fn queue_size(&self) -> usize {
         self.max_queue_size.unwrap_or(DEFAULT_MAX_QUEUE_SIZE)
     }
+
+    /// Whether requests are batched, once `max_batch_size` is resolved.
+    pub fn batching(&self, max_batch_size: u32) -> bool {
+        max_batch_size > 1 && self.dynamic_batching.unwrap_or(true)
+    }
+
+    pub fn queue_delay(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.max_queue_delay_us.unwrap_or(0))
+    }
+
+    /// The default request timeout, if any.
+    pub fn timeout(&self) -> Option<std::time::Duration> {
+        self.timeout_us
+            .filter(|&t| t > 0)
+            .map(std::time::Duration::from_micros)
+    }
 }
 
 /// A model's interface once the config and the model file are reconciled.
@@ -212,6 +276,16 @@ pub fn resolve_signature(
         None if dynamic => DEFAULT_MAX_BATCH_SIZE,
         None => 0,
     };
+    if let Some(&bad) = cfg
+        .preferred_batch_sizes
+        .iter()
+        .find(|&&n| n > max_batch_size)
+    {
+        return Err(invalid(
+            "preferred_batch_sizes".into(),
+            format!("{bad} is larger than max_batch_size ({max_batch_size})"),
+        ));
+    }
     let mut signature = model.clone();
     for (field, given, specs) in [
         ("input", &cfg.input, &mut signature.inputs),
@@ -333,6 +407,22 @@ mod tests {
         assert!(e.contains("max_batch"), "{e}");
         let e = parse("instance_count = 0").unwrap_err().to_string();
         assert!(e.contains("instance_count"), "{e}");
+        for bad in [
+            "max_batch_size = 4\npreferred_batch_sizes = [8]",
+            "preferred_batch_sizes = [0]",
+            "max_queue_delay_us = 99999999999",
+            "max_batch_size = 100000",
+            "max_queue_size = 0",
+        ] {
+            let field = bad.lines().last().unwrap().split(' ').next().unwrap();
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains(field), "{bad}: {e}");
+        }
+        let cfg = parse("preferred_batch_sizes = [64]").unwrap();
+        let e = resolve_signature(&sig(), &cfg, Path::new("m"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("preferred_batch_sizes"), "{e}");
         let e = parse("[[input]]\nname = \"x\"\ndatatype = \"FP8\"")
             .unwrap_err()
             .to_string();
@@ -349,6 +439,20 @@ mod tests {
         assert!(e.contains("output[0].dims"), "{e}");
         let cfg = parse("[[output]]\nname = \"y\"\ndatatype = \"INT64\"").unwrap();
         assert!(resolve_signature(&sig(), &cfg, Path::new("m")).is_err());
+    }
+
+    #[test]
+    fn batching_defaults_on_for_batching_models() {
+        let cfg = parse("").unwrap();
+        assert!(cfg.batching(32));
+        assert!(!cfg.batching(0));
+        assert!(!cfg.batching(1));
+        assert_eq!(cfg.queue_delay(), std::time::Duration::ZERO);
+        assert_eq!(cfg.timeout(), None);
+        let cfg = parse("dynamic_batching = false\ntimeout_us = 2500\nmax_queue_delay_us = 100\npreferred_batch_sizes = [4, 8]").unwrap();
+        assert!(!cfg.batching(32));
+        assert_eq!(cfg.timeout(), Some(std::time::Duration::from_micros(2500)));
+        assert_eq!(cfg.queue_delay(), std::time::Duration::from_micros(100));
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub struct InferRequest {
     pub inputs: Vec<InferInput>,
     /// Outputs the client asked for, by name; empty means every output.
     pub outputs: Vec<String>,
+    /// The client's own time limit (Triton's `timeout` parameter or a gRPC
+    /// deadline); the model's `timeout_us` applies when it is shorter or absent.
+    pub timeout: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone)]

@@ -7,12 +7,13 @@ pub mod config;
 pub mod dtype;
 pub mod elements;
 pub mod error;
-pub mod executor;
 pub mod infer;
 pub mod metrics;
 pub mod model;
 pub mod repository;
+pub mod scheduler;
 pub mod server;
+pub mod stats;
 pub mod tensor;
 
 pub use backend::{Backend, BackendError, BackendFactory, Backends, LoadRequest};

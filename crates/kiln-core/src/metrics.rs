@@ -3,12 +3,19 @@
 //! Every per-model series carries `model` and `version` labels. Labels only ever
 //! take names of models that exist, never a name a client made up.
 
-use metrics::{describe_counter, describe_gauge, describe_histogram, Counter, Histogram, Unit};
+use metrics::{
+    describe_counter, describe_gauge, describe_histogram, Counter, Gauge, Histogram, Unit,
+};
 
 pub const REQUESTS_TOTAL: &str = "kiln_requests_total";
 pub const REQUEST_DURATION: &str = "kiln_request_duration_seconds";
 pub const QUEUE_DURATION: &str = "kiln_queue_duration_seconds";
 pub const COMPUTE_DURATION: &str = "kiln_compute_duration_seconds";
+pub const BATCH_SIZE: &str = "kiln_batch_size";
+pub const INFERENCES_TOTAL: &str = "kiln_inferences_total";
+pub const EXECUTIONS_TOTAL: &str = "kiln_executions_total";
+pub const QUEUE_DEPTH: &str = "kiln_queue_depth";
+pub const INFLIGHT_REQUESTS: &str = "kiln_inflight_requests";
 pub const MODEL_LOAD_DURATION: &str = "kiln_model_load_duration_seconds";
 pub const MODEL_LOAD_FAILURES: &str = "kiln_model_load_failures_total";
 pub const MODEL_VERSIONS_LOADED: &str = "kiln_model_versions_loaded";
@@ -19,6 +26,11 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     2.5, 5.0, 10.0,
 ];
 
+/// Bucket bounds for the batch-size histogram.
+pub const BATCH_SIZE_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
 /// Request outcomes, the values of the `outcome` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -27,6 +39,8 @@ pub enum Outcome {
     Invalid,
     /// Refused without compute: queue full or unloading (HTTP 503).
     Rejected,
+    /// The request's deadline passed before it was answered (HTTP 504).
+    Timeout,
     /// The client went away before an answer.
     Cancelled,
     /// The backend failed.
@@ -34,10 +48,11 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 5] = [
+    pub const ALL: [Outcome; 6] = [
         Outcome::Success,
         Outcome::Invalid,
         Outcome::Rejected,
+        Outcome::Timeout,
         Outcome::Cancelled,
         Outcome::Error,
     ];
@@ -46,6 +61,7 @@ impl Outcome {
             Outcome::Success => "success",
             Outcome::Invalid => "invalid",
             Outcome::Rejected => "rejected",
+            Outcome::Timeout => "timeout",
             Outcome::Cancelled => "cancelled",
             Outcome::Error => "error",
         }
@@ -54,7 +70,7 @@ impl Outcome {
 
 /// Registers help texts with the installed recorder.
 pub fn describe() {
-    describe_counter!(REQUESTS_TOTAL, "Inference requests by model, version and outcome (success, invalid, rejected, cancelled, error).");
+    describe_counter!(REQUESTS_TOTAL, "Inference requests by model, version and outcome (success, invalid, rejected, timeout, cancelled, error).");
     describe_histogram!(
         REQUEST_DURATION,
         Unit::Seconds,
@@ -68,7 +84,21 @@ pub fn describe() {
     describe_histogram!(
         COMPUTE_DURATION,
         Unit::Seconds,
-        "Time the backend spent computing a request."
+        "Compute time charged to a request: its batch's gather, backend run and split."
+    );
+    describe_histogram!(
+        BATCH_SIZE,
+        "Rows per backend execution (the batch the scheduler formed)."
+    );
+    describe_counter!(
+        INFERENCES_TOTAL,
+        "Rows inferred for successful requests (a request of batch 4 counts 4)."
+    );
+    describe_counter!(EXECUTIONS_TOTAL, "Backend executions (batches run).");
+    describe_gauge!(QUEUE_DEPTH, "Requests waiting in the version's queue.");
+    describe_gauge!(
+        INFLIGHT_REQUESTS,
+        "Requests inside the version: queued, computing or being answered."
     );
     describe_gauge!(
         MODEL_LOAD_DURATION,
@@ -84,10 +114,15 @@ pub fn describe() {
 
 /// Handles to one version's series, resolved once at load.
 pub struct VersionMetrics {
-    outcomes: [Counter; 5],
+    outcomes: [Counter; 6],
     pub request: Histogram,
     pub queue: Histogram,
     pub compute: Histogram,
+    pub batch_size: Histogram,
+    pub inferences: Counter,
+    pub executions: Counter,
+    pub queue_depth: Gauge,
+    pub inflight: Gauge,
 }
 
 impl VersionMetrics {
@@ -102,6 +137,11 @@ impl VersionMetrics {
             request: metrics::histogram!(REQUEST_DURATION, &labels),
             queue: metrics::histogram!(QUEUE_DURATION, &labels),
             compute: metrics::histogram!(COMPUTE_DURATION, &labels),
+            batch_size: metrics::histogram!(BATCH_SIZE, &labels),
+            inferences: metrics::counter!(INFERENCES_TOTAL, &labels),
+            executions: metrics::counter!(EXECUTIONS_TOTAL, &labels),
+            queue_depth: metrics::gauge!(QUEUE_DEPTH, &labels),
+            inflight: metrics::gauge!(INFLIGHT_REQUESTS, &labels),
         }
     }
 

@@ -4,20 +4,21 @@
 use crate::backend::{Backend, Backends, LoadRequest};
 use crate::config::{self, ModelConfigFile};
 use crate::error::{ErrorKind, KilnError};
-use crate::executor::Executor;
 use crate::infer::{validate, InferOutput, InferRequest, InferResponse};
 use crate::metrics::{self as m, Outcome, VersionMetrics};
 use crate::model::{ModelSignature, Version};
 use crate::repository;
+use crate::scheduler::{Computed, Scheduler, SchedulerConfig};
+use crate::stats::{StatsSnapshot, VersionStats};
 use arc_swap::ArcSwap;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Extensions of the V2 protocol this server implements completely.
-pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_configuration"];
+pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_configuration", "statistics"];
 
 pub struct CoreOptions {
     pub repository: PathBuf,
@@ -36,13 +37,24 @@ pub struct ModelVersion {
     pub max_batch_size: u32,
     pub signature: ModelSignature,
     pub config: ModelConfigFile,
-    executor: Executor,
-    metrics: VersionMetrics,
+    scheduler: Scheduler,
+    metrics: Arc<VersionMetrics>,
+    stats: Arc<VersionStats>,
 }
 
 impl ModelVersion {
     pub fn queue_depth(&self) -> usize {
-        self.executor.queue_depth()
+        self.scheduler.queue_depth()
+    }
+
+    /// How the version schedules requests (batching, delay, queue, instances).
+    pub fn scheduling(&self) -> &SchedulerConfig {
+        self.scheduler.config()
+    }
+
+    /// Triton statistics since the version loaded.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
     }
 }
 
@@ -217,9 +229,24 @@ impl Core {
             .map_err(|e| e.to_string())?;
         let label = format!("{name}:{version}");
         let backend: Arc<dyn Backend> = Arc::from(loaded.backend);
-        let executor = Executor::start(label.clone(), backend, cfg.instances(), cfg.queue_size())
-            .map_err(|e| format!("cannot start compute threads: {e}"))?;
         let v = version.to_string();
+        let metrics = Arc::new(VersionMetrics::new(name, &v));
+        let stats = Arc::new(VersionStats::default());
+        let scheduling = SchedulerConfig {
+            label: label.clone(),
+            max_batch_size: resolved.max_batch_size as usize,
+            dynamic_batching: cfg.batching(resolved.max_batch_size),
+            max_queue_delay: cfg.queue_delay(),
+            preferred_batch_sizes: cfg
+                .preferred_batch_sizes
+                .iter()
+                .map(|&n| n as usize)
+                .collect(),
+            max_queue_size: cfg.queue_size(),
+            instances: cfg.instances(),
+        };
+        let scheduler = Scheduler::start(scheduling, backend, metrics.clone(), stats.clone())
+            .map_err(|e| format!("cannot start compute threads: {e}"))?;
         metrics::gauge!(m::MODEL_LOAD_DURATION, "model" => name.to_string(), "version" => v.clone()).set(started.elapsed().as_secs_f64());
         metrics::gauge!(m::MODEL_VERSIONS_LOADED, "model" => name.to_string(), "version" => v.clone()).set(1.0);
         Ok(ModelVersion {
@@ -231,8 +258,9 @@ impl Core {
             max_batch_size: resolved.max_batch_size,
             signature: resolved.signature,
             config: cfg,
-            executor,
-            metrics: VersionMetrics::new(name, &v),
+            scheduler,
+            metrics,
+            stats,
         })
     }
 
@@ -326,11 +354,9 @@ impl Core {
             return Err(KilnError::unavailable("the server is shutting down"));
         }
         let mv = self.model(&req.model, req.version.as_deref())?;
-        // Counts the request as cancelled if this future is dropped before it ends.
-        let mut guard = OutcomeGuard {
-            mv: &mv,
-            outcome: Outcome::Cancelled,
-        };
+        // Counts the request's outcome when this future ends, even when it is
+        // dropped because the client went away.
+        let mut guard = OutcomeGuard::new(&mv, started);
         let valid = validate(
             &mv.label,
             &mv.signature.inputs,
@@ -340,26 +366,48 @@ impl Core {
             &req.outputs,
         )
         .inspect_err(|_| guard.outcome = Outcome::Invalid)?;
+        let timeout = match (req.timeout, mv.config.timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let deadline = timeout.map(|t| started + t);
         let rx = mv
-            .executor
-            .submit(valid.inputs)
+            .scheduler
+            .submit(valid.inputs, valid.batch_size, deadline)
             .inspect_err(|_| guard.outcome = Outcome::Rejected)?;
-        let Ok(done) = rx.await else {
+        let answer = match deadline {
+            None => rx.await,
+            Some(d) => match tokio::time::timeout_at(d.into(), rx).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    // Dropping the receiver tells the scheduler not to compute it.
+                    guard.outcome = Outcome::Timeout;
+                    return Err(timed_out(&mv.label, timeout.unwrap_or_default()));
+                }
+            },
+        };
+        let Ok(done) = answer else {
             guard.outcome = Outcome::Error;
             return Err(KilnError::internal(format!(
                 "model {}: compute thread stopped",
                 mv.label
             )));
         };
-        mv.metrics.queue.record(done.queue.as_secs_f64());
-        mv.metrics.compute.record(done.compute.as_secs_f64());
-        let all = done.outputs.inspect_err(|e| {
-            guard.outcome = if e.kind == ErrorKind::Unavailable {
-                Outcome::Rejected
-            } else {
-                Outcome::Error
+        let Computed {
+            outputs: all,
+            queue,
+            compute,
+            ..
+        } = done;
+        mv.metrics.queue.record(queue.as_secs_f64());
+        let all = all.inspect_err(|e| {
+            guard.outcome = match e.kind {
+                ErrorKind::Unavailable => Outcome::Rejected,
+                ErrorKind::DeadlineExceeded => Outcome::Timeout,
+                _ => Outcome::Error,
             }
         })?;
+        mv.metrics.compute.record(compute.total().as_secs_f64());
         if all.len() != mv.signature.outputs.len() {
             guard.outcome = Outcome::Error;
             return Err(KilnError::internal(format!(
@@ -381,7 +429,12 @@ impl Core {
             }
         }
         guard.outcome = Outcome::Success;
-        mv.metrics.request.record(started.elapsed().as_secs_f64());
+        let total = started.elapsed();
+        mv.metrics.request.record(total.as_secs_f64());
+        mv.metrics.inferences.increment(valid.batch_size as u64);
+        mv.stats
+            .record_success(valid.batch_size, total, queue, &compute);
+        guard.recorded = true;
         Ok(InferResponse {
             model: mv.name.clone(),
             version: mv.version,
@@ -389,15 +442,80 @@ impl Core {
             outputs,
         })
     }
+
+    /// Statistics of every serving version of `name` (all models when `None`), or
+    /// of one version.
+    pub fn stats(
+        &self,
+        name: Option<&str>,
+        version: Option<&str>,
+    ) -> Result<Vec<(Arc<ModelVersion>, StatsSnapshot)>, KilnError> {
+        let versions: Vec<Arc<ModelVersion>> = match (name, version.filter(|v| !v.is_empty())) {
+            (Some(n), Some(_)) => vec![self.model(n, version)?],
+            (Some(n), None) => {
+                let table = self.inner.models.load();
+                let entry = table
+                    .get(n)
+                    .ok_or_else(|| KilnError::not_found(format!("unknown model '{n}'")))?;
+                entry.versions.values().cloned().collect()
+            }
+            (None, _) => {
+                let table = self.inner.models.load();
+                let mut all: Vec<Arc<ModelVersion>> = table
+                    .values()
+                    .flat_map(|e| e.versions.values().cloned())
+                    .collect();
+                all.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
+                all
+            }
+        };
+        Ok(versions
+            .into_iter()
+            .map(|mv| {
+                let s = mv.stats();
+                (mv, s)
+            })
+            .collect())
+    }
 }
 
+fn timed_out(label: &str, limit: Duration) -> KilnError {
+    KilnError::new(
+        ErrorKind::DeadlineExceeded,
+        format!(
+            "model {label}: the request timed out after {} µs before it was answered",
+            limit.as_micros()
+        ),
+    )
+}
+
+/// Counts a request's outcome and keeps the in-flight gauge, however the request ends.
 struct OutcomeGuard<'a> {
     mv: &'a ModelVersion,
+    started: Instant,
     outcome: Outcome,
+    /// Statistics were recorded on the success path.
+    recorded: bool,
+}
+
+impl<'a> OutcomeGuard<'a> {
+    fn new(mv: &'a ModelVersion, started: Instant) -> Self {
+        mv.metrics.inflight.increment(1.0);
+        OutcomeGuard {
+            mv,
+            started,
+            outcome: Outcome::Cancelled,
+            recorded: false,
+        }
+    }
 }
 
 impl Drop for OutcomeGuard<'_> {
     fn drop(&mut self) {
+        self.mv.metrics.inflight.decrement(1.0);
         self.mv.metrics.count(self.outcome);
+        if !self.recorded {
+            self.mv.stats.record_failure(self.started.elapsed());
+        }
     }
 }

@@ -32,6 +32,8 @@ pub enum TensorError {
         expected: usize,
         actual: usize,
     },
+    #[error("cannot batch tensors: {0}")]
+    Batch(String),
     #[error("tensor is {actual}, not {expected}")]
     WrongType {
         expected: DataType,
@@ -211,6 +213,91 @@ impl Tensor {
     }
 }
 
+/// Joining requests into one batch and splitting a batch's results back.
+impl Tensor {
+    /// Rows of the first dimension (0 for a scalar).
+    pub fn rows(&self) -> usize {
+        self.shape.first().copied().unwrap_or(0)
+    }
+
+    /// Joins tensors along the first dimension. They must share the datatype and
+    /// every dimension after the first.
+    pub fn concat_batch(parts: &[&Tensor]) -> Result<Tensor, TensorError> {
+        let Some(first) = parts.first() else {
+            return Err(TensorError::Batch("nothing to join".into()));
+        };
+        if first.shape.is_empty() {
+            return Err(TensorError::Batch("a scalar has no batch dimension".into()));
+        }
+        let mut rows = 0usize;
+        let mut bytes = 0usize;
+        for p in parts {
+            if p.dtype != first.dtype || p.shape.get(1..) != first.shape.get(1..) {
+                return Err(TensorError::Batch(format!(
+                    "{} {:?} does not fit {} {:?}",
+                    p.dtype, p.shape, first.dtype, first.shape
+                )));
+            }
+            rows += p.rows();
+            bytes += p.data.len();
+        }
+        let mut data = Vec::with_capacity(bytes);
+        for p in parts {
+            data.extend_from_slice(&p.data);
+        }
+        let mut shape = first.shape.clone();
+        shape[0] = rows;
+        Ok(Tensor {
+            dtype: first.dtype,
+            shape,
+            data,
+        })
+    }
+
+    /// Splits along the first dimension into consecutive pieces of `rows[i]` rows;
+    /// `rows` must add up to the first dimension.
+    pub fn split_batch(&self, rows: &[usize]) -> Result<Vec<Tensor>, TensorError> {
+        let total: usize = rows.iter().sum();
+        if self.shape.is_empty() || self.shape[0] != total {
+            return Err(TensorError::Batch(format!(
+                "shape {:?} does not have {total} rows along its first dimension",
+                self.shape
+            )));
+        }
+        let per_row: usize = self.shape[1..].iter().product();
+        let mut out = Vec::with_capacity(rows.len());
+        let mut offset = 0usize;
+        for (i, &n) in rows.iter().enumerate() {
+            let len = match self.dtype.size() {
+                Some(size) => n * per_row * size,
+                None => {
+                    // Walk the length-prefixed elements of these rows.
+                    let mut rest = &self.data[offset..];
+                    let start = rest.len();
+                    for k in 0..n * per_row {
+                        rest = next_byte_element(rest, k)?.1;
+                    }
+                    start - rest.len()
+                }
+            };
+            let mut shape = self.shape.clone();
+            shape[0] = n;
+            let data = self
+                .data
+                .get(offset..offset + len)
+                .ok_or_else(|| TensorError::Batch(format!("piece {i} runs past the data")))?
+                .to_vec();
+            offset += len;
+            out.push(Tensor {
+                dtype: self.dtype,
+                shape,
+                data,
+            });
+        }
+        Ok(out)
+    }
+}
+
 fn count_byte_elements(data: &[u8]) -> Result<usize, TensorError> {
     let mut n = 0;
     let mut rest = data;
@@ -327,5 +414,33 @@ mod tests {
         assert_eq!(t.dtype(), DataType::Fp16);
         let t = Tensor::from_vec(vec![1], vec![half::bf16::from_f32(3.0)]).unwrap();
         assert_eq!(t.to_vec::<half::bf16>().unwrap()[0].to_f32(), 3.0);
+    }
+
+    #[test]
+    fn concat_and_split_batches() {
+        let a = Tensor::from_vec(vec![1, 2], vec![1i32, 2]).unwrap();
+        let b = Tensor::from_vec(vec![2, 2], vec![3i32, 4, 5, 6]).unwrap();
+        let joined = Tensor::concat_batch(&[&a, &b]).unwrap();
+        assert_eq!(joined.shape(), &[3, 2]);
+        assert_eq!(joined.to_vec::<i32>().unwrap(), vec![1, 2, 3, 4, 5, 6]);
+        let back = joined.split_batch(&[1, 2]).unwrap();
+        assert_eq!(back, vec![a.clone(), b.clone()]);
+        assert!(joined.split_batch(&[1, 1]).is_err());
+        let c = Tensor::from_vec(vec![1, 3], vec![0i32; 3]).unwrap();
+        assert!(Tensor::concat_batch(&[&a, &c]).is_err());
+        let d = Tensor::from_vec(vec![1, 2], vec![0f32; 2]).unwrap();
+        assert!(Tensor::concat_batch(&[&a, &d]).is_err());
+        let scalar = Tensor::from_vec(vec![], vec![1i32]).unwrap();
+        assert!(Tensor::concat_batch(&[&scalar]).is_err());
+        assert!(scalar.split_batch(&[1]).is_err());
+    }
+
+    #[test]
+    fn bytes_batches_split_on_element_boundaries() {
+        let a = Tensor::from_byte_elements(vec![1, 2], &[&b"a"[..], b"bcd"]).unwrap();
+        let b = Tensor::from_byte_elements(vec![2, 2], &[&b""[..], b"ef", b"g", b"hij"]).unwrap();
+        let joined = Tensor::concat_batch(&[&a, &b]).unwrap();
+        assert_eq!(joined.byte_elements().unwrap().len(), 6);
+        assert_eq!(joined.split_batch(&[1, 2]).unwrap(), vec![a, b]);
     }
 }

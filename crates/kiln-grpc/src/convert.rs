@@ -7,6 +7,7 @@ use crate::pb::{
 use kiln_core::elements::{ElementWriter, Value};
 use kiln_core::tensor::dims_from_wire;
 use kiln_core::{DataType, InferInput, InferRequest, InferResponse, KilnError, Tensor};
+use std::time::Duration;
 
 pub fn config_type(d: DataType) -> pb::DataType {
     match d {
@@ -27,8 +28,55 @@ pub fn config_type(d: DataType) -> pb::DataType {
     }
 }
 
-/// Decodes a ModelInferRequest into the core's request.
-pub fn request(r: ModelInferRequest) -> Result<InferRequest, KilnError> {
+/// Parses a `grpc-timeout` header value: up to 8 digits and a unit (H, M, S, m, u, n).
+pub fn grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Triton's request parameter `timeout` (microseconds, 0 for none).
+fn timeout_param(r: &ModelInferRequest) -> Result<Option<Duration>, KilnError> {
+    use pb::infer_parameter::ParameterChoice as P;
+    let Some(p) = r.parameters.get("timeout") else {
+        return Ok(None);
+    };
+    let us = match &p.parameter_choice {
+        Some(P::Int64Param(v)) if *v >= 0 => *v as u64,
+        Some(P::Uint64Param(v)) => *v,
+        other => {
+            return Err(KilnError::invalid(format!(
+                "request parameter 'timeout' must be a non-negative integer of microseconds, got {other:?}"
+            )))
+        }
+    };
+    Ok(Some(Duration::from_micros(us)).filter(|d| !d.is_zero()))
+}
+
+/// Decodes a ModelInferRequest into the core's request. `deadline` is what is left
+/// of the call's gRPC deadline, if it has one.
+pub fn request(
+    r: ModelInferRequest,
+    deadline: Option<Duration>,
+) -> Result<InferRequest, KilnError> {
+    let timeout = match (timeout_param(&r)?, deadline) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     let model = r.model_name;
     if model.is_empty() {
         return Err(KilnError::invalid("model_name is empty"));
@@ -66,6 +114,7 @@ pub fn request(r: ModelInferRequest) -> Result<InferRequest, KilnError> {
         id: Some(r.id).filter(|v| !v.is_empty()),
         inputs,
         outputs,
+        timeout,
     })
 }
 
@@ -159,5 +208,26 @@ pub fn response(r: InferResponse) -> ModelInferResponse {
         parameters: Default::default(),
         outputs,
         raw_output_contents: raw,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_header() {
+        assert_eq!(grpc_timeout("20m"), Some(Duration::from_millis(20)));
+        assert_eq!(grpc_timeout("1500u"), Some(Duration::from_micros(1500)));
+        assert_eq!(grpc_timeout("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(grpc_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            grpc_timeout("99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        for bad in ["", "m", "123456789m", "12x", "-1m", "1.5S"] {
+            assert_eq!(grpc_timeout(bad), None, "{bad}");
+        }
     }
 }

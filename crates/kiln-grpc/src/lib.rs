@@ -49,8 +49,12 @@ impl InferenceService {
             .max_encoding_message_size(max_message_bytes)
     }
 
-    async fn infer(core: &Core, req: ModelInferRequest) -> Result<ModelInferResponse, Status> {
-        let req = convert::request(req).map_err(status)?;
+    async fn infer(
+        core: &Core,
+        req: ModelInferRequest,
+        deadline: Option<std::time::Duration>,
+    ) -> Result<ModelInferResponse, Status> {
+        let req = convert::request(req, deadline).map_err(status)?;
         let resp = core.infer(req).await.map_err(status)?;
         Ok(convert::response(resp))
     }
@@ -95,12 +99,72 @@ fn model_config(mv: &ModelVersion) -> ModelConfig {
             kind: model_instance_group::Kind::Cpu as i32,
         }],
         default_model_filename: mv.config.model_filename().to_string(),
+        scheduling_choice: {
+            let s = mv.scheduling();
+            (s.dynamic_batching && s.max_batch_size > 1).then(|| {
+                model_config::SchedulingChoice::DynamicBatching(ModelDynamicBatching {
+                    preferred_batch_size: s
+                        .preferred_batch_sizes
+                        .iter()
+                        .map(|&n| i32::try_from(n).unwrap_or(i32::MAX))
+                        .collect(),
+                    max_queue_delay_microseconds: s.max_queue_delay.as_micros() as u64,
+                    preserve_ordering: false,
+                })
+            })
+        },
         version_policy: Some(ModelVersionPolicy {
             policy_choice: Some(model_version_policy::PolicyChoice::Latest(
                 model_version_policy::Latest { num_versions: 1 },
             )),
         }),
         ..Default::default()
+    }
+}
+
+/// What is left of a call's gRPC deadline (`grpc-timeout`), when it has one.
+fn deadline(md: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
+    md.get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(convert::grpc_timeout)
+}
+
+fn duration(d: &kiln_core::stats::StatDuration) -> Option<StatisticDuration> {
+    Some(StatisticDuration {
+        count: d.count,
+        ns: d.ns,
+    })
+}
+
+fn model_stats(mv: &ModelVersion, s: &kiln_core::stats::StatsSnapshot) -> ModelStatistics {
+    ModelStatistics {
+        name: mv.name.clone(),
+        version: mv.version.to_string(),
+        last_inference: s.last_inference,
+        inference_count: s.inference_count,
+        execution_count: s.execution_count,
+        inference_stats: Some(InferStatistics {
+            success: duration(&s.success),
+            fail: duration(&s.fail),
+            queue: duration(&s.queue),
+            compute_input: duration(&s.compute_input),
+            compute_infer: duration(&s.compute_infer),
+            compute_output: duration(&s.compute_output),
+            cache_hit: duration(&s.cache_hit),
+            cache_miss: duration(&s.cache_miss),
+        }),
+        batch_stats: s
+            .batch_stats
+            .iter()
+            .map(|b| InferBatchStatistics {
+                batch_size: b.batch_size,
+                compute_input: duration(&b.compute_input),
+                compute_infer: duration(&b.compute_infer),
+                compute_output: duration(&b.compute_output),
+            })
+            .collect(),
+        memory_usage: vec![],
+        response_stats: Default::default(),
     }
 }
 
@@ -187,7 +251,8 @@ impl GrpcInferenceService for InferenceService {
         &self,
         r: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
-        Self::infer(&self.core, r.into_inner())
+        let deadline = deadline(r.metadata());
+        Self::infer(&self.core, r.into_inner(), deadline)
             .await
             .map(Response::new)
     }
@@ -199,6 +264,8 @@ impl GrpcInferenceService for InferenceService {
         r: Request<tonic::Streaming<ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         let core = self.core.clone();
+        // A stream's deadline bounds every request in it.
+        let ends = deadline(r.metadata()).map(|d| std::time::Instant::now() + d);
         let out = r
             .into_inner()
             .map(move |item| {
@@ -210,7 +277,8 @@ impl GrpcInferenceService for InferenceService {
                         Err(s) => return Err(s),
                     };
                     // Errors of one request travel in the stream; the stream goes on.
-                    Ok(match Self::infer(&core, req).await {
+                    let left = ends.map(|e| e.saturating_duration_since(std::time::Instant::now()));
+                    Ok(match Self::infer(&core, req, left).await {
                         Ok(resp) => ModelStreamInferResponse {
                             error_message: String::new(),
                             infer_response: Some(resp),
@@ -242,11 +310,17 @@ impl GrpcInferenceService for InferenceService {
 
     async fn model_statistics(
         &self,
-        _: Request<ModelStatisticsRequest>,
+        r: Request<ModelStatisticsRequest>,
     ) -> Result<Response<ModelStatisticsResponse>, Status> {
-        Err(Status::unimplemented(
-            "the statistics extension is not available yet",
-        ))
+        let r = r.into_inner();
+        let name = Some(r.name.as_str()).filter(|n| !n.is_empty());
+        let list = self
+            .core
+            .stats(name, version_arg(&r.version))
+            .map_err(status)?;
+        Ok(Response::new(ModelStatisticsResponse {
+            model_stats: list.iter().map(|(mv, s)| model_stats(mv, s)).collect(),
+        }))
     }
 
     async fn repository_index(

@@ -84,6 +84,22 @@ fn bool_param(
     }
 }
 
+/// Triton's request parameter `timeout`: microseconds, 0 for none.
+fn timeout_param(
+    params: &Option<Map<String, Json>>,
+) -> Result<Option<std::time::Duration>, ApiError> {
+    match params.as_ref().and_then(|p| p.get("timeout")) {
+        None => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(0) => Ok(None),
+            Some(us) => Ok(Some(std::time::Duration::from_micros(us))),
+            None => Err(bad(format!(
+                "request parameter 'timeout' must be a non-negative integer of microseconds, got {v}"
+            ))),
+        },
+    }
+}
+
 /// Decodes an inference body. `header_len` is the value of
 /// `Inference-Header-Content-Length`, when sent.
 pub fn decode_request(
@@ -123,6 +139,7 @@ pub fn decode_request(
             binary.len()
         )));
     }
+    let timeout = timeout_param(&req.parameters)?;
     let mut choice = BinaryChoice {
         default: bool_param(&req.parameters, "binary_data_output", "request")?.unwrap_or(false),
         per_output: Vec::new(),
@@ -154,6 +171,7 @@ pub fn decode_request(
             id,
             inputs,
             outputs,
+            timeout,
         },
         binary: choice,
     })

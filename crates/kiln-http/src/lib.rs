@@ -92,6 +92,12 @@ pub fn router(core: Core, opts: HttpOptions) -> Router {
         )
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
+        .route("/v2/models/stats", get(stats_all))
+        .route("/v2/models/{model}/stats", get(stats_model))
+        .route(
+            "/v2/models/{model}/versions/{version}/stats",
+            get(stats_version),
+        )
         .route("/v2/repository/index", post(repository_index));
     if opts.metrics.is_some() {
         r = r.route("/metrics", get(metrics));
@@ -206,6 +212,24 @@ async fn model_config_v(
 fn config_for(s: &AppState, model: &str, version: Option<&str>) -> Result<Response, ApiError> {
     let mv = s.core.model(model, version)?;
     Ok(Json(views::config(&mv)).into_response())
+}
+
+async fn stats_all(State(s): State<AppState>) -> Result<Response, ApiError> {
+    Ok(Json(views::stats(&s.core.stats(None, None)?)).into_response())
+}
+
+async fn stats_model(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(views::stats(&s.core.stats(Some(&model), None)?)).into_response())
+}
+
+async fn stats_version(
+    State(s): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    Ok(Json(views::stats(&s.core.stats(Some(&model), Some(&version))?)).into_response())
 }
 
 async fn repository_index(State(s): State<AppState>, body: Body) -> Result<Response, ApiError> {

@@ -52,6 +52,11 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
             kiln_core::metrics::LATENCY_BUCKETS,
         )
         .context("invalid histogram buckets")?
+        .set_buckets_for_metric(
+            Matcher::Full(kiln_core::metrics::BATCH_SIZE.into()),
+            kiln_core::metrics::BATCH_SIZE_BUCKETS,
+        )
+        .context("invalid histogram buckets")?
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     kiln_core::metrics::describe();
