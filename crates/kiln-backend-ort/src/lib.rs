@@ -179,6 +179,11 @@ impl BackendFactory for OrtFactory {
         let mut sessions = Vec::with_capacity(instances);
         for _ in 0..instances {
             let mut builder = Session::builder(env).map_err(|e| load_err(e.to_string()))?;
+            if let Some(spin) = req.config.intra_op_spinning {
+                builder = builder
+                    .with_intra_op_spinning(spin)
+                    .map_err(|e| load_err(ort::Error::<()>::from(e).to_string()))?;
+            }
             if let Some(n) = req.config.intra_op_threads.filter(|&n| n > 0) {
                 builder = builder
                     .with_intra_threads(n)

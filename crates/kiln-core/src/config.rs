@@ -103,6 +103,11 @@ pub struct ModelConfigFile {
     pub timeout_us: Option<u64>,
     /// Threads one backend instance uses inside an operator (0: the runtime's default).
     pub intra_op_threads: Option<usize>,
+    /// Whether ONNX Runtime's intra-op threads spin while waiting for work
+    /// (default: the runtime's own, on). Off gives the CPU back to the server's
+    /// network side between executions: more throughput when cores are scarce,
+    /// more latency per execution.
+    pub intra_op_spinning: Option<bool>,
     /// Model file name inside each version folder. Default `model.onnx`.
     pub default_model_filename: Option<String>,
     #[serde(default)]
