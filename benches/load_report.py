@@ -139,14 +139,17 @@ def plot(d, pts, lim, models, concs):
     fig, axes = plt.subplots(2, len(models), figsize=(6 * len(models), 8), squeeze=False)
     for i, model in enumerate(models):
         ax_t, ax_l = axes[0][i], axes[1][i]
-        for target in TARGETS:
+        for k, target in enumerate(TARGETS):
             cs = [c for c in concs if (model, target, c) in pts]
             if not cs:
                 continue
-            ax_t.plot(cs, [med(pts[(model, target, c)]["tput"]) for c in cs], marker="o", label=target)
-            ax_l.plot(cs, [med(pts[(model, target, c)]["p50"]) for c in cs], marker="o", label=f"{target} p50")
+            color = f"C{k}"
+            ax_t.plot(cs, [med(pts[(model, target, c)]["tput"]) for c in cs], marker="o", color=color,
+                      label=target)
+            ax_l.plot(cs, [med(pts[(model, target, c)]["p50"]) for c in cs], marker="o", color=color,
+                      label=f"{target} p50")
             ax_l.plot(cs, [med(pts[(model, target, c)]["p99"]) for c in cs], marker="x", linestyle=":",
-                      label=f"{target} p99")
+                      color=color, label=f"{target} p99")
         sizes = sorted(b for (m, b) in lim if m == model)
         if sizes:
             ax_t.axhline(lim[(model, sizes[-1])], color="grey", linestyle="--",

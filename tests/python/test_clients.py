@@ -169,3 +169,23 @@ def test_perf_analyzer_smoke(kiln, protocol):
     assert p.returncode == 0, out
     assert "Throughput" in out and "infer/sec" in out, out
     assert "error" not in out.lower().replace("std error", ""), out
+    # The statistics extension gives perf_analyzer its server-side breakdown.
+    assert "Server:" in out and "Execution count:" in out and "compute infer" in out, out
+
+
+def test_statistics_through_both_clients(kiln):
+    h = httpclient.InferenceServerClient(kiln.http_url)
+    g = grpcclient.InferenceServerClient(kiln.grpc_url)
+    x = np.ones((3, 16), np.float32)
+    for client, mod in ((h, httpclient), (g, grpcclient)):
+        inp = mod.InferInput("INPUT0", [3, 16], "FP32")
+        inp.set_data_from_numpy(x)
+        client.infer("mlp_tiny", [inp])
+    hs = h.get_inference_statistics("mlp_tiny")["model_stats"][0]
+    assert hs["name"] == "mlp_tiny" and hs["version"] == "1"
+    assert hs["inference_count"] >= 6 and hs["execution_count"] >= 1
+    assert hs["inference_stats"]["success"]["count"] >= 2
+    gs = g.get_inference_statistics("mlp_tiny", "1", as_json=True)["model_stats"][0]
+    assert int(gs["inference_count"]) >= 6
+    assert int(gs["inference_stats"]["success"]["count"]) >= 2
+    assert "statistics" in h.get_server_metadata()["extensions"]
