@@ -46,7 +46,8 @@ pub struct SchedulerConfig {
 }
 
 impl SchedulerConfig {
-    fn batches(&self) -> bool {
+    /// Whether concurrent requests are joined into one execution.
+    pub fn batches(&self) -> bool {
         self.dynamic_batching && self.max_batch_size > 1
     }
 }
@@ -363,30 +364,19 @@ fn execute(sh: &Shared, mut batch: Vec<Job>) {
     let started = Instant::now();
     let rows: Vec<usize> = batch.iter().map(|j| j.rows).collect();
     let total_rows: usize = rows.iter().sum();
-    let mut replies = Vec::with_capacity(batch.len());
-    let mut per_input: Vec<Vec<Tensor>> = Vec::new();
-    for job in batch {
-        replies.push((job.reply, job.enqueued));
-        if per_input.is_empty() {
-            per_input = job.inputs.into_iter().map(|t| vec![t]).collect();
-        } else {
-            for (slot, t) in per_input.iter_mut().zip(job.inputs) {
-                slot.push(t);
-            }
-        }
-    }
-    let single = replies.len() == 1;
+    let single = batch.len() == 1;
+    // A lone request's inputs go to the backend as they are; a batch's are joined.
     let inputs: Result<Vec<Tensor>, String> = if single {
-        Ok(per_input.into_iter().filter_map(|mut v| v.pop()).collect())
+        Ok(std::mem::take(&mut batch[0].inputs))
     } else {
-        per_input
-            .iter()
-            .map(|parts| {
-                let refs: Vec<&Tensor> = parts.iter().collect();
-                Tensor::concat_batch(&refs).map_err(|e| e.to_string())
+        (0..batch[0].inputs.len())
+            .map(|k| {
+                let parts: Vec<&Tensor> = batch.iter().map(|j| &j.inputs[k]).collect();
+                Tensor::concat_batch(&parts).map_err(|e| e.to_string())
             })
             .collect()
     };
+    let replies: Vec<_> = batch.into_iter().map(|j| (j.reply, j.enqueued)).collect();
     let t_input = started.elapsed();
     let ran = Instant::now();
     let result: Result<Vec<Tensor>, KilnError> = match inputs {

@@ -366,10 +366,7 @@ impl Core {
             &req.outputs,
         )
         .inspect_err(|_| guard.outcome = Outcome::Invalid)?;
-        let timeout = match (req.timeout, mv.config.timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let timeout = req.timeout.into_iter().chain(mv.config.timeout()).min();
         let deadline = timeout.map(|t| started + t);
         let rx = mv
             .scheduler

@@ -73,10 +73,7 @@ pub fn request(
     r: ModelInferRequest,
     deadline: Option<Duration>,
 ) -> Result<InferRequest, KilnError> {
-    let timeout = match (timeout_param(&r)?, deadline) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
+    let timeout = timeout_param(&r)?.into_iter().chain(deadline).min();
     let model = r.model_name;
     if model.is_empty() {
         return Err(KilnError::invalid("model_name is empty"));

@@ -101,7 +101,7 @@ fn model_config(mv: &ModelVersion) -> ModelConfig {
         default_model_filename: mv.config.model_filename().to_string(),
         scheduling_choice: {
             let s = mv.scheduling();
-            (s.dynamic_batching && s.max_batch_size > 1).then(|| {
+            s.batches().then(|| {
                 model_config::SchedulingChoice::DynamicBatching(ModelDynamicBatching {
                     preferred_batch_size: s
                         .preferred_batch_sizes

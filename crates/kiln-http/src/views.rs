@@ -54,7 +54,7 @@ pub fn config(mv: &ModelVersion) -> Value {
 
 fn dynamic_batching(mv: &ModelVersion) -> Value {
     let s = mv.scheduling();
-    if !s.dynamic_batching || s.max_batch_size <= 1 {
+    if !s.batches() {
         return Value::Null;
     }
     json!({

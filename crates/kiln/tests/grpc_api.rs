@@ -4,16 +4,9 @@ mod common;
 
 use kiln_grpc::pb::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
 use kiln_grpc::pb::*;
-use kiln_grpc::GrpcInferenceServiceClient;
 use tonic::Code;
 
-type Client = GrpcInferenceServiceClient<tonic::transport::Channel>;
-
-async fn client(port: u16) -> Client {
-    GrpcInferenceServiceClient::connect(format!("http://127.0.0.1:{port}"))
-        .await
-        .expect("connect")
-}
+use common::grpc_client as client;
 
 fn fp32_input(name: &str, shape: Vec<i64>) -> InferInputTensor {
     InferInputTensor {

@@ -9,10 +9,9 @@
 
 mod common;
 
-use common::{get, http, post_json, start};
+use common::{get, grpc_client, http, post_json, start};
 use kiln_grpc::pb::model_infer_request::InferInputTensor;
 use kiln_grpc::pb::*;
-use kiln_grpc::GrpcInferenceServiceClient;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tonic::Code;
@@ -123,12 +122,6 @@ fn concurrent_http_clients_each_get_their_own_rows() {
         metric(port, "kiln_inferences_total{model=\"scale\",version=\"1\"}"),
         rows as f64
     );
-}
-
-async fn grpc_client(port: u16) -> GrpcInferenceServiceClient<tonic::transport::Channel> {
-    GrpcInferenceServiceClient::connect(format!("http://127.0.0.1:{port}"))
-        .await
-        .expect("connect")
 }
 
 fn grpc_request(model: &str, x: &[f32], shape: Vec<i64>) -> ModelInferRequest {
@@ -355,30 +348,9 @@ async fn raw_grpc_infer(port: u16, req: ModelInferRequest, timeout: &str) -> (i3
         }
         fields = body.trailers().await.unwrap().unwrap_or_default();
     }
-    let code = fields["grpc-status"].to_str().unwrap().parse().unwrap();
-    let message = fields
-        .get("grpc-message")
-        .map(|m| percent_decode(m.to_str().unwrap()))
-        .unwrap_or_default();
-    (code, message)
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    // tonic decodes grpc-status and the percent-encoded grpc-message.
+    let status = tonic::Status::from_header_map(&fields).expect("a grpc-status");
+    (status.code() as i32, status.message().to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -199,3 +199,12 @@ pub fn post_json(port: u16, path: &str, body: &serde_json::Value) -> HttpRespons
         body.to_string().as_bytes(),
     )
 }
+
+/// A tonic client for Kiln's gRPC port.
+pub async fn grpc_client(
+    port: u16,
+) -> kiln_grpc::GrpcInferenceServiceClient<tonic::transport::Channel> {
+    kiln_grpc::GrpcInferenceServiceClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("connect")
+}
