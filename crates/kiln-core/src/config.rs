@@ -5,7 +5,7 @@
 
 use crate::dtype::DataType;
 use crate::model::{ModelSignature, TensorSpec};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// Name of the per-model configuration file.
@@ -72,8 +72,157 @@ pub struct TensorConfig {
     pub dims: Option<Vec<i64>>,
 }
 
+/// Which versions of a model serve (Triton's version policy). At most one key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionPolicyConfig {
+    /// The N highest versions.
+    pub latest: Option<u32>,
+    /// Every version in the repository.
+    pub all: Option<bool>,
+    /// Exactly these versions.
+    pub specific: Option<Vec<u64>>,
+}
+
+/// Which versions serve, once `version_policy` is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionPolicy {
+    Latest(usize),
+    All,
+    Specific(Vec<crate::model::Version>),
+}
+
+impl VersionPolicy {
+    /// The versions to serve out of those on disk (ascending in, ascending out).
+    pub fn select<T: Copy>(
+        &self,
+        on_disk: &[(crate::model::Version, T)],
+    ) -> Vec<(crate::model::Version, T)> {
+        match self {
+            VersionPolicy::Latest(n) => on_disk[on_disk.len().saturating_sub(*n)..].to_vec(),
+            VersionPolicy::All => on_disk.to_vec(),
+            VersionPolicy::Specific(list) => on_disk
+                .iter()
+                .filter(|(v, _)| list.contains(v))
+                .copied()
+                .collect(),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            VersionPolicy::Latest(n) => format!("latest {n}"),
+            VersionPolicy::All => "all".into(),
+            VersionPolicy::Specific(list) => format!(
+                "specific {:?}",
+                list.iter().map(|v| v.0).collect::<Vec<_>>()
+            ),
+        }
+    }
+}
+
+/// How requests that name no version are split between versions (`[traffic]`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficConfig {
+    /// Version serving unpinned traffic (default: the highest serving version).
+    pub stable: Option<u64>,
+    /// Candidate version taking `canary_percent` of unpinned traffic.
+    pub canary: Option<u64>,
+    /// Share of unpinned requests routed to the canary, 0–100.
+    pub canary_percent: Option<f64>,
+    /// Version that also receives a copy of `shadow_percent` of requests; its
+    /// answers are compared and discarded.
+    pub shadow: Option<u64>,
+    /// Share of requests copied to the shadow version, 0–100.
+    pub shadow_percent: Option<f64>,
+}
+
+/// When to take the canary's share back to 0 (`[rollback]`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackConfig {
+    /// Requests both stable and canary must have in the window before they are compared.
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u64,
+    /// Sliding window over which error rates and p99 latencies are compared.
+    #[serde(default = "default_window_secs")]
+    pub window_secs: u64,
+    /// Largest canary error rate minus stable error rate (a fraction, 0.01 = 1 point).
+    #[serde(default = "default_error_increase")]
+    pub max_error_rate_increase: f64,
+    /// Largest canary p99 latency divided by stable p99 latency.
+    #[serde(default = "default_p99_ratio")]
+    pub max_p99_ratio: f64,
+}
+
+fn default_min_requests() -> u64 {
+    100
+}
+fn default_window_secs() -> u64 {
+    60
+}
+fn default_error_increase() -> f64 {
+    0.01
+}
+fn default_p99_ratio() -> f64 {
+    1.5
+}
+
+impl Default for RollbackConfig {
+    fn default() -> Self {
+        RollbackConfig {
+            min_requests: default_min_requests(),
+            window_secs: default_window_secs(),
+            max_error_rate_increase: default_error_increase(),
+            max_p99_ratio: default_p99_ratio(),
+        }
+    }
+}
+
+impl TrafficConfig {
+    /// Checks ranges; `field` prefixes the names in messages.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        for (name, p) in [
+            ("canary_percent", self.canary_percent),
+            ("shadow_percent", self.shadow_percent),
+        ] {
+            if let Some(p) = p {
+                if !(0.0..=100.0).contains(&p) {
+                    return Err((name.into(), format!("{p} is not between 0 and 100")));
+                }
+            }
+        }
+        if self.canary.is_some() && self.canary == self.stable {
+            return Err(("canary".into(), "must differ from stable".into()));
+        }
+        Ok(())
+    }
+}
+
+impl RollbackConfig {
+    pub fn check(&self) -> Result<(), (String, String)> {
+        if self.min_requests == 0 {
+            return Err(("min_requests".into(), "must be at least 1".into()));
+        }
+        if !(1..=3600).contains(&self.window_secs) {
+            return Err(("window_secs".into(), "must be between 1 and 3600".into()));
+        }
+        if !(0.0..=1.0).contains(&self.max_error_rate_increase) {
+            return Err((
+                "max_error_rate_increase".into(),
+                "is a fraction between 0 and 1".into(),
+            ));
+        }
+        if !(self.max_p99_ratio.is_finite() && self.max_p99_ratio >= 1.0) {
+            return Err(("max_p99_ratio".into(), "must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
 /// The contents of `config.toml`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfigFile {
     /// `auto` (default), `onnxruntime` or `tract`.
@@ -114,6 +263,14 @@ pub struct ModelConfigFile {
     pub input: Vec<TensorConfig>,
     #[serde(default)]
     pub output: Vec<TensorConfig>,
+    /// Which versions serve. Default: the latest one.
+    pub version_policy: Option<VersionPolicyConfig>,
+    /// Run a synthetic request through a new version before it serves. Default true.
+    pub warmup: Option<bool>,
+    /// Canary and shadow split of unpinned traffic.
+    pub traffic: Option<TrafficConfig>,
+    /// Automatic canary rollback (off when absent).
+    pub rollback: Option<RollbackConfig>,
 }
 
 impl ModelConfigFile {
@@ -135,6 +292,51 @@ impl ModelConfigFile {
         })?;
         cfg.validate(path)?;
         Ok(cfg)
+    }
+
+    /// A config given with a repository load request: Kiln's keys as a JSON object
+    /// or as TOML text.
+    pub fn parse_override(text: &str) -> Result<Self, ConfigError> {
+        let path = Path::new("<load request config>");
+        if text.trim_start().starts_with('{') {
+            let cfg: Self = serde_json::from_str(text).map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+            cfg.validate(path)?;
+            Ok(cfg)
+        } else {
+            Self::parse(text, path)
+        }
+    }
+
+    /// The part of the config a loaded version depends on: a change here reloads
+    /// the versions, a change elsewhere (policy, traffic, rollback) does not.
+    pub fn for_versions(&self) -> Self {
+        ModelConfigFile {
+            version_policy: None,
+            traffic: None,
+            rollback: None,
+            ..self.clone()
+        }
+    }
+
+    pub fn version_policy(&self) -> VersionPolicy {
+        match &self.version_policy {
+            None => VersionPolicy::Latest(1),
+            Some(p) => match (p.latest, p.all, &p.specific) {
+                (Some(n), _, _) => VersionPolicy::Latest(n as usize),
+                (_, Some(true), _) => VersionPolicy::All,
+                (_, _, Some(list)) => VersionPolicy::Specific(
+                    list.iter().map(|&v| crate::model::Version(v)).collect(),
+                ),
+                _ => VersionPolicy::Latest(1),
+            },
+        }
+    }
+
+    pub fn warms_up(&self) -> bool {
+        self.warmup.unwrap_or(true)
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
@@ -198,6 +400,41 @@ impl ModelConfigFile {
                     format!("'{f}' must be a plain file name"),
                 ));
             }
+        }
+        if let Some(p) = &self.version_policy {
+            let set = [p.latest.is_some(), p.all.is_some(), p.specific.is_some()];
+            if set.iter().filter(|&&b| b).count() != 1 {
+                return Err(invalid(
+                    "version_policy",
+                    "set exactly one of latest = N, all = true, specific = [..]".into(),
+                ));
+            }
+            if p.latest == Some(0) {
+                return Err(invalid(
+                    "version_policy.latest",
+                    "must be at least 1".into(),
+                ));
+            }
+            if p.all == Some(false) {
+                return Err(invalid(
+                    "version_policy.all",
+                    "only `all = true` means anything".into(),
+                ));
+            }
+            if p.specific.as_ref().is_some_and(|l| l.is_empty()) {
+                return Err(invalid(
+                    "version_policy.specific",
+                    "lists no version".into(),
+                ));
+            }
+        }
+        if let Some(t) = &self.traffic {
+            t.check()
+                .map_err(|(f, m)| invalid(&format!("traffic.{f}"), m))?;
+        }
+        if let Some(r) = &self.rollback {
+            r.check()
+                .map_err(|(f, m)| invalid(&format!("rollback.{f}"), m))?;
         }
         for (field, list) in [("input", &self.input), ("output", &self.output)] {
             for (i, t) in list.iter().enumerate() {
@@ -458,6 +695,81 @@ mod tests {
         assert!(!cfg.batching(32));
         assert_eq!(cfg.timeout(), Some(std::time::Duration::from_micros(2500)));
         assert_eq!(cfg.queue_delay(), std::time::Duration::from_micros(100));
+    }
+
+    #[test]
+    fn version_policy_traffic_and_rollback() {
+        use crate::model::Version;
+        let on_disk: Vec<(Version, ())> = [1, 2, 5].map(|v| (Version(v), ())).to_vec();
+        let pick = |text: &str| -> Vec<u64> {
+            parse(text)
+                .unwrap()
+                .version_policy()
+                .select(&on_disk)
+                .iter()
+                .map(|(v, _)| v.0)
+                .collect()
+        };
+        assert_eq!(pick(""), [5]);
+        assert_eq!(pick("version_policy = { latest = 2 }"), [2, 5]);
+        assert_eq!(pick("version_policy = { latest = 9 }"), [1, 2, 5]);
+        assert_eq!(pick("version_policy = { all = true }"), [1, 2, 5]);
+        assert_eq!(pick("version_policy = { specific = [1, 5, 7] }"), [1, 5]);
+        for bad in [
+            "version_policy = { latest = 0 }",
+            "version_policy = { latest = 1, all = true }",
+            "version_policy = {}",
+            "version_policy = { specific = [] }",
+            "version_policy = { newest = 1 }",
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("version_policy") || e.contains("newest"),
+                "{bad}: {e}"
+            );
+        }
+        let cfg = parse(
+            "[traffic]\ncanary = 2\ncanary_percent = 12.5\n[rollback]\nmax_p99_ratio = 2.0\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.traffic.as_ref().unwrap().canary_percent, Some(12.5));
+        let rb = cfg.rollback.as_ref().unwrap();
+        assert_eq!(
+            (rb.min_requests, rb.window_secs, rb.max_p99_ratio),
+            (100, 60, 2.0)
+        );
+        // Only traffic changed: the versions need no reload.
+        let other = parse("[traffic]\ncanary = 3\n").unwrap();
+        assert_eq!(cfg.for_versions(), other.for_versions());
+        assert_ne!(
+            cfg.for_versions(),
+            parse("max_queue_size = 3").unwrap().for_versions()
+        );
+        for (bad, field) in [
+            ("[traffic]\ncanary_percent = 101", "traffic.canary_percent"),
+            ("[traffic]\nshadow_percent = -1", "traffic.shadow_percent"),
+            ("[traffic]\nstable = 2\ncanary = 2", "traffic.canary"),
+            ("[rollback]\nmin_requests = 0", "rollback.min_requests"),
+            ("[rollback]\nmax_p99_ratio = 0.5", "rollback.max_p99_ratio"),
+            (
+                "[rollback]\nmax_error_rate_increase = 2",
+                "rollback.max_error_rate_increase",
+            ),
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains(field), "{bad}: {e}");
+        }
+        let json = ModelConfigFile::parse_override(
+            r#"{"max_batch_size": 4, "traffic": {"canary": 2, "canary_percent": 5}}"#,
+        )
+        .unwrap();
+        assert_eq!(json.max_batch_size, Some(4));
+        assert_eq!(json.traffic.unwrap().canary, Some(2));
+        assert!(ModelConfigFile::parse_override("max_batch_size = 4").is_ok());
+        let e = ModelConfigFile::parse_override(r#"{"max_batch": 4}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_batch"), "{e}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod scheduler;
 pub mod server;
 pub mod stats;
 pub mod tensor;
+pub mod traffic;
 
 pub use backend::{Backend, BackendError, BackendFactory, Backends, LoadRequest};
 pub use dtype::DataType;

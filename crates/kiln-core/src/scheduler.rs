@@ -580,7 +580,7 @@ mod tests {
         assert!(execs.len() < 20, "no batching happened: {execs:?}");
         assert_eq!(
             execs.iter().sum::<usize>(),
-            (0..20).map(|i| 1 + i % 3).sum()
+            (0..20).map(|i| 1 + i % 3).sum::<usize>()
         );
         assert_eq!(stats.snapshot().execution_count as usize, execs.len());
     }
