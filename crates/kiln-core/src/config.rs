@@ -94,16 +94,13 @@ pub enum VersionPolicy {
 
 impl VersionPolicy {
     /// The versions to serve out of those on disk (ascending in, ascending out).
-    pub fn select<T: Copy>(
-        &self,
-        on_disk: &[(crate::model::Version, T)],
-    ) -> Vec<(crate::model::Version, T)> {
+    pub fn select(&self, on_disk: &[crate::model::Version]) -> Vec<crate::model::Version> {
         match self {
             VersionPolicy::Latest(n) => on_disk[on_disk.len().saturating_sub(*n)..].to_vec(),
             VersionPolicy::All => on_disk.to_vec(),
             VersionPolicy::Specific(list) => on_disk
                 .iter()
-                .filter(|(v, _)| list.contains(v))
+                .filter(|v| list.contains(v))
                 .copied()
                 .collect(),
         }
@@ -700,14 +697,14 @@ mod tests {
     #[test]
     fn version_policy_traffic_and_rollback() {
         use crate::model::Version;
-        let on_disk: Vec<(Version, ())> = [1, 2, 5].map(|v| (Version(v), ())).to_vec();
+        let on_disk: Vec<Version> = [1, 2, 5].map(Version).to_vec();
         let pick = |text: &str| -> Vec<u64> {
             parse(text)
                 .unwrap()
                 .version_policy()
                 .select(&on_disk)
                 .iter()
-                .map(|(v, _)| v.0)
+                .map(|v| v.0)
                 .collect()
         };
         assert_eq!(pick(""), [5]);

@@ -25,6 +25,9 @@ pub struct InferRequest {
     /// The client's own time limit (Triton's `timeout` parameter or a gRPC
     /// deadline); the model's `timeout_us` applies when it is shorter or absent.
     pub timeout: Option<std::time::Duration>,
+    /// Makes the canary draw sticky: the same key always gets the same version
+    /// (while the policy stays the same).
+    pub routing_key: Option<String>,
 }
 
 #[derive(Debug, Clone)]

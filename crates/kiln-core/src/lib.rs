@@ -8,6 +8,7 @@ pub mod dtype;
 pub mod elements;
 pub mod error;
 pub mod infer;
+pub mod lifecycle;
 pub mod metrics;
 pub mod model;
 pub mod repository;
@@ -21,6 +22,9 @@ pub use backend::{Backend, BackendError, BackendFactory, Backends, LoadRequest};
 pub use dtype::DataType;
 pub use error::{ErrorKind, KilnError};
 pub use infer::{InferInput, InferOutput, InferRequest, InferResponse};
+pub use lifecycle::{LoadReport, PollState};
 pub use model::{ModelSignature, TensorSpec, Version};
-pub use server::{Core, CoreOptions, IndexEntry, ModelState, ModelVersion};
+pub use server::{
+    ControlMode, Core, CoreOptions, IndexEntry, ModelState, ModelVersion, TrafficView,
+};
 pub use tensor::Tensor;

@@ -19,6 +19,16 @@ pub const INFLIGHT_REQUESTS: &str = "kiln_inflight_requests";
 pub const MODEL_LOAD_DURATION: &str = "kiln_model_load_duration_seconds";
 pub const MODEL_LOAD_FAILURES: &str = "kiln_model_load_failures_total";
 pub const MODEL_VERSIONS_LOADED: &str = "kiln_model_versions_loaded";
+pub const CANARY_ROLLBACKS: &str = "kiln_canary_rollbacks_total";
+pub const SHADOW_REQUESTS: &str = "kiln_shadow_requests_total";
+pub const SHADOW_DURATION: &str = "kiln_shadow_request_duration_seconds";
+pub const SHADOW_OUTPUT_DIFF: &str = "kiln_shadow_output_max_abs_diff";
+pub const SHADOW_MISMATCHES: &str = "kiln_shadow_output_mismatches_total";
+
+/// Bucket bounds for the shadow's largest absolute output difference.
+pub const DIFF_BUCKETS: &[f64] = &[
+    0.0, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0,
+];
 
 /// Bucket bounds (seconds) for every latency histogram: 50 µs to 10 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -105,10 +115,34 @@ pub fn describe() {
         Unit::Seconds,
         "How long the last load of a model version took."
     );
-    describe_counter!(MODEL_LOAD_FAILURES, "Model versions that failed to load.");
+    describe_counter!(
+        MODEL_LOAD_FAILURES,
+        "Loads that failed, by model and version (version empty: the model's config or folder)."
+    );
     describe_gauge!(
         MODEL_VERSIONS_LOADED,
-        "Model versions loaded and serving (1 per version)."
+        "Model versions loaded (1 per version; 2 for a moment while a changed version replaces itself)."
+    );
+    describe_counter!(
+        CANARY_ROLLBACKS,
+        "Automatic rollbacks: the canary version's share was set to 0 because it breached its model's rollback policy."
+    );
+    describe_counter!(
+        SHADOW_REQUESTS,
+        "Shadow copies of requests, by shadow version and outcome (success, invalid, rejected, error)."
+    );
+    describe_histogram!(
+        SHADOW_DURATION,
+        Unit::Seconds,
+        "Time a shadow copy took from submission to its (discarded) answer."
+    );
+    describe_histogram!(
+        SHADOW_OUTPUT_DIFF,
+        "Largest absolute difference between a shadow's outputs and its primary's, per shadowed request."
+    );
+    describe_counter!(
+        SHADOW_MISMATCHES,
+        "Shadowed requests whose outputs could not be compared element-wise (missing output, other shape or type, differing non-numeric data)."
     );
 }
 

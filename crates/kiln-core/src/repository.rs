@@ -1,8 +1,10 @@
 //! The model repository on disk: `<repo>/<model>/<version>/<file>` with numeric
 //! version folders and an optional `<repo>/<model>/config.toml`.
 
+use crate::config::CONFIG_FILE;
 use crate::model::Version;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 /// One model folder as found on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,9 +23,31 @@ pub struct RepositoryError {
     pub source: std::io::Error,
 }
 
+impl ModelDir {
+    pub fn version_numbers(&self) -> Vec<Version> {
+        self.versions.iter().map(|(v, _)| *v).collect()
+    }
+
+    pub fn version_path(&self, v: Version) -> Option<&Path> {
+        self.versions
+            .iter()
+            .find(|(n, _)| *n == v)
+            .map(|(_, p)| p.as_path())
+    }
+}
+
+/// Whether `name` can be a model folder: a plain, visible name (no path).
+pub fn valid_model_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && !name.contains(['/', '\\', '\0'])
+        && name.len() <= 255
+}
+
 /// Lists the models in a repository, sorted by name. Hidden folders and plain files
-/// are ignored; folders that are not numbers are not versions.
-pub fn scan(repo: &Path) -> Result<Vec<ModelDir>, RepositoryError> {
+/// are ignored; folders that are not numbers are not versions. With a `marker`,
+/// a version folder counts only once it holds a file of that name.
+pub fn scan(repo: &Path, marker: Option<&str>) -> Result<Vec<ModelDir>, RepositoryError> {
     let err = |source| RepositoryError {
         path: repo.to_path_buf(),
         source,
@@ -37,27 +61,89 @@ pub fn scan(repo: &Path) -> Result<Vec<ModelDir>, RepositoryError> {
         if name.starts_with('.') || !entry.path().is_dir() {
             continue;
         }
-        let path = entry.path();
-        let mut versions = Vec::new();
-        if let Ok(rd) = std::fs::read_dir(&path) {
-            for v in rd.flatten() {
-                let Some(version) = v.file_name().to_str().and_then(Version::parse) else {
-                    continue;
-                };
-                if v.path().is_dir() {
-                    versions.push((version, v.path()));
-                }
-            }
-        }
-        versions.sort();
-        models.push(ModelDir {
-            name,
-            path,
-            versions,
-        });
+        models.push(model_dir(name, entry.path(), marker));
     }
     models.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(models)
+}
+
+/// One model of the repository, `None` when it has no folder.
+pub fn scan_model(repo: &Path, name: &str, marker: Option<&str>) -> Option<ModelDir> {
+    if !valid_model_name(name) {
+        return None;
+    }
+    let path = repo.join(name);
+    path.is_dir()
+        .then(|| model_dir(name.to_string(), path, marker))
+}
+
+fn model_dir(name: String, path: PathBuf, marker: Option<&str>) -> ModelDir {
+    let mut versions = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(&path) {
+        for v in rd.flatten() {
+            let Some(version) = v.file_name().to_str().and_then(Version::parse) else {
+                continue;
+            };
+            let vp = v.path();
+            if vp.is_dir() && marker.is_none_or(|m| vp.join(m).is_file()) {
+                versions.push((version, vp));
+            }
+        }
+    }
+    versions.sort();
+    ModelDir {
+        name,
+        path,
+        versions,
+    }
+}
+
+/// Names, sizes and modification times of every file under a folder: when it
+/// changes, the folder's contents changed.
+pub type FilesPrint = Vec<(PathBuf, u64, Option<SystemTime>)>;
+
+/// Fingerprints a version folder (files under it, to a depth of 8).
+pub fn files_print(dir: &Path) -> FilesPrint {
+    fn walk(base: &Path, dir: &Path, depth: usize, out: &mut FilesPrint) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let Ok(meta) = e.metadata() else { continue };
+            let p = e.path();
+            if meta.is_dir() {
+                if depth < 8 {
+                    walk(base, &p, depth + 1, out);
+                }
+            } else {
+                let rel = p.strip_prefix(base).unwrap_or(&p).to_path_buf();
+                out.push((rel, meta.len(), meta.modified().ok()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, 0, &mut out);
+    out.sort();
+    out
+}
+
+/// Everything about a model folder that a reload depends on: the config file's
+/// bytes and every version folder's files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelPrint {
+    config: Option<Vec<u8>>,
+    versions: Vec<(Version, FilesPrint)>,
+}
+
+pub fn model_print(dir: &ModelDir) -> ModelPrint {
+    ModelPrint {
+        config: std::fs::read(dir.path.join(CONFIG_FILE)).ok(),
+        versions: dir
+            .versions
+            .iter()
+            .map(|(v, p)| (*v, files_print(p)))
+            .collect(),
+    }
 }
 
 #[cfg(test)]
@@ -72,12 +158,41 @@ mod tests {
             std::fs::create_dir_all(root.join(p)).unwrap();
         }
         std::fs::write(root.join("README"), "x").unwrap();
-        let models = scan(root).unwrap();
+        let models = scan(root, None).unwrap();
         let names: Vec<_> = models.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["a", "b", "empty"]);
         let b: Vec<u64> = models[1].versions.iter().map(|v| v.0 .0).collect();
         assert_eq!(b, [1, 2, 10]);
         assert!(models[2].versions.is_empty());
-        assert!(scan(&root.join("missing")).is_err());
+        assert!(scan(&root.join("missing"), None).is_err());
+        // With a marker, a version counts once the marker is there.
+        std::fs::write(root.join("b/2/READY"), "").unwrap();
+        let b = scan_model(root, "b", Some("READY")).unwrap();
+        assert_eq!(b.version_numbers(), [Version(2)]);
+        assert!(scan_model(root, "../b", None).is_none());
+        assert!(scan_model(root, "nope", None).is_none());
+    }
+
+    #[test]
+    fn prints_change_with_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("m/1/sub")).unwrap();
+        std::fs::write(root.join("m/1/model.onnx"), "abc").unwrap();
+        let m = scan_model(root, "m", None).unwrap();
+        let first = model_print(&m);
+        assert_eq!(first, model_print(&m));
+        std::fs::write(root.join("m/1/sub/extra"), "x").unwrap();
+        let second = model_print(&m);
+        assert_ne!(first, second);
+        std::fs::write(root.join("m/1/model.onnx"), "abcd").unwrap();
+        assert_ne!(second, model_print(&m));
+        let third = model_print(&m);
+        std::fs::write(root.join("m/config.toml"), "max_batch_size = 2").unwrap();
+        assert_ne!(third, model_print(&m));
+        assert!(valid_model_name("resnet-50_v2"));
+        for bad in ["", ".", "..", "a/b", ".hidden"] {
+            assert!(!valid_model_name(bad), "{bad}");
+        }
     }
 }

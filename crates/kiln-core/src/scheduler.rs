@@ -224,6 +224,12 @@ impl Drop for Scheduler {
         // The instances finish what is queued, then exit.
         self.shared.lock().closed = true;
         self.shared.work.notify_all();
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // Never block the async runtime: the threads exit on their own once
+            // the queue is empty, releasing the backend.
+            self.threads.clear();
+            return;
+        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

@@ -1,15 +1,20 @@
-//! The core handle every front end holds: the model table, readiness, and the
-//! inference path.
+//! The core handle every front end holds: the model table, readiness, routing
+//! between versions, and the inference path. Loading, reloading and unloading
+//! live in `lifecycle.rs`.
 
-use crate::backend::{Backend, Backends, LoadRequest};
-use crate::config::{self, ModelConfigFile};
+use crate::config::ModelConfigFile;
 use crate::error::{ErrorKind, KilnError};
-use crate::infer::{validate, InferOutput, InferRequest, InferResponse};
+use crate::infer::{validate, InferInput, InferOutput, InferRequest, InferResponse};
 use crate::metrics::{self as m, Outcome, VersionMetrics};
 use crate::model::{ModelSignature, Version};
-use crate::repository;
+use crate::repository::{self, FilesPrint};
 use crate::scheduler::{Computed, Scheduler, SchedulerConfig};
 use crate::stats::{StatsSnapshot, VersionStats};
+use crate::tensor::Tensor;
+use crate::traffic::{
+    self, HealthRecorder, RollbackWindow, TrafficState, TrafficUpdate, LABEL_CANARY, LABEL_STABLE,
+};
+use crate::Backends;
 use arc_swap::ArcSwap;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -18,12 +23,46 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Extensions of the V2 protocol this server implements completely.
-pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_configuration", "statistics"];
+pub const EXTENSIONS: &[&str] = &[
+    "binary_tensor_data",
+    "model_configuration",
+    "model_repository",
+    "model_repository(unload_dependents)",
+    "statistics",
+];
 
+/// Who decides which models load (Triton's `--model-control-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ControlMode {
+    /// Everything in the repository loads at start; nothing changes afterwards.
+    #[default]
+    None,
+    /// Everything loads at start; the repository is watched for changes.
+    Poll,
+    /// Only the models named at start load; the repository API loads and unloads.
+    Explicit,
+}
+
+impl ControlMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ControlMode::None => "none",
+            ControlMode::Poll => "poll",
+            ControlMode::Explicit => "explicit",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
 pub struct CoreOptions {
     pub repository: PathBuf,
     /// Ready only when every model in the repository loaded (Triton's default).
     pub strict_readiness: bool,
+    pub control_mode: ControlMode,
+    /// Explicit mode: models loaded at start (`*`: all of them).
+    pub startup_models: Vec<String>,
+    /// A version folder counts only once it holds a file of this name.
+    pub ready_marker: Option<String>,
 }
 
 /// One loaded, serving model version.
@@ -37,9 +76,13 @@ pub struct ModelVersion {
     pub max_batch_size: u32,
     pub signature: ModelSignature,
     pub config: ModelConfigFile,
-    scheduler: Scheduler,
-    metrics: Arc<VersionMetrics>,
-    stats: Arc<VersionStats>,
+    pub(crate) scheduler: Scheduler,
+    pub(crate) metrics: Arc<VersionMetrics>,
+    pub(crate) stats: Arc<VersionStats>,
+    /// The files it was loaded from, to tell when they change.
+    pub(crate) files: FilesPrint,
+    /// Outcomes since the rollback watcher last looked.
+    pub(crate) health: HealthRecorder,
 }
 
 impl ModelVersion {
@@ -55,6 +98,13 @@ impl ModelVersion {
     /// Triton statistics since the version loaded.
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
+    }
+}
+
+impl Drop for ModelVersion {
+    fn drop(&mut self) {
+        metrics::gauge!(m::MODEL_VERSIONS_LOADED, "model" => self.name.clone(), "version" => self.version.to_string()).decrement(1.0);
+        tracing::info!(model = %self.name, version = self.version.0, "released");
     }
 }
 
@@ -85,27 +135,72 @@ pub struct IndexEntry {
     pub reason: String,
 }
 
-/// A model as the table holds it: the versions that serve and the index lines.
+/// What a model serves at one moment: swapped whole, never edited.
 #[derive(Default)]
-struct ModelEntry {
-    versions: BTreeMap<Version, Arc<ModelVersion>>,
-    index: Vec<IndexEntry>,
+pub(crate) struct Served {
+    pub(crate) versions: BTreeMap<Version, Arc<ModelVersion>>,
+    pub(crate) index: Vec<IndexEntry>,
+    /// Unloaded on purpose (explicit mode): does not count against readiness.
+    pub(crate) unloaded: bool,
 }
 
-struct Inner {
-    opts: CoreOptions,
-    backends: Backends,
-    models: ArcSwap<HashMap<String, Arc<ModelEntry>>>,
-    loaded: AtomicBool,
+impl Served {
+    /// The version unpinned traffic goes to when no canary takes it.
+    fn stable(&self, t: &TrafficState) -> Option<&Arc<ModelVersion>> {
+        t.policy
+            .stable
+            .and_then(|v| self.versions.get(&v))
+            .or_else(|| self.versions.values().next_back())
+    }
+
+    fn canary(&self, t: &TrafficState) -> Option<&Arc<ModelVersion>> {
+        let stable = self.stable(t)?.version;
+        t.policy
+            .canary
+            .filter(|&c| c != stable)
+            .and_then(|c| self.versions.get(&c))
+    }
+}
+
+/// A model name's place in the table; it outlives the versions it serves.
+pub(crate) struct ModelSlot {
+    pub(crate) served: ArcSwap<Served>,
+    pub(crate) traffic: ArcSwap<TrafficState>,
+    /// Serialises loads and unloads of this model and records what they applied.
+    pub(crate) load: Mutex<crate::lifecycle::Applied>,
+    /// The rollback watcher's window; its lock also serialises traffic changes.
+    pub(crate) window: Mutex<RollbackWindow>,
+}
+
+impl ModelSlot {
+    pub(crate) fn new() -> Self {
+        ModelSlot {
+            served: ArcSwap::from_pointee(Served::default()),
+            traffic: ArcSwap::from_pointee(TrafficState::from_config(None, None)),
+            load: Mutex::new(Default::default()),
+            window: Mutex::new(RollbackWindow::default()),
+        }
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) struct Inner {
+    pub(crate) opts: CoreOptions,
+    pub(crate) backends: Backends,
+    pub(crate) models: ArcSwap<HashMap<String, Arc<ModelSlot>>>,
+    pub(crate) loaded: AtomicBool,
     draining: AtomicBool,
     /// Serialises changes to the table (readers never take it).
-    write: Mutex<()>,
+    pub(crate) write: Mutex<()>,
 }
 
 /// The core handle: cheap to clone, shared by every front end.
 #[derive(Clone)]
 pub struct Core {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 /// Server metadata (`GET /v2`).
@@ -114,6 +209,25 @@ pub struct ServerMetadata {
     pub name: &'static str,
     pub version: &'static str,
     pub extensions: &'static [&'static str],
+}
+
+/// A model's traffic policy as the API shows it.
+#[derive(Debug, Clone)]
+pub struct TrafficView {
+    pub name: String,
+    /// Serving versions, ascending.
+    pub versions: Vec<Version>,
+    /// The version unpinned traffic goes to when not sent to the canary.
+    pub stable: Option<Version>,
+    /// The canary, when it serves and differs from stable.
+    pub canary: Option<Version>,
+    pub state: TrafficState,
+}
+
+/// Where a request goes: its primary version and, maybe, a shadow copy.
+struct Route {
+    primary: Arc<ModelVersion>,
+    shadow: Option<Arc<ModelVersion>>,
 }
 
 impl Core {
@@ -130,138 +244,12 @@ impl Core {
         }
     }
 
-    /// Scans the repository and loads every model (blocking: call it off the async
-    /// runtime). A model that fails is marked UNAVAILABLE with its reason; the others
-    /// serve regardless.
-    pub fn load_repository(&self) -> Result<(), repository::RepositoryError> {
-        let dirs = repository::scan(&self.inner.opts.repository)?;
-        for dir in dirs {
-            let entry = self.load_model(&dir);
-            let _guard = self.inner.write.lock().unwrap_or_else(|p| p.into_inner());
-            let mut table = HashMap::clone(&self.inner.models.load());
-            table.insert(dir.name.clone(), Arc::new(entry));
-            self.inner.models.store(Arc::new(table));
-        }
-        self.inner.loaded.store(true, Ordering::SeqCst);
-        Ok(())
+    pub fn options(&self) -> &CoreOptions {
+        &self.inner.opts
     }
 
-    fn load_model(&self, dir: &repository::ModelDir) -> ModelEntry {
-        let fail = |version: Option<Version>, reason: String| {
-            tracing::error!(model = %dir.name, version = ?version.map(|v| v.0), "failed to load: {reason}");
-            metrics::counter!(m::MODEL_LOAD_FAILURES, "model" => dir.name.clone()).increment(1);
-            ModelEntry {
-                versions: BTreeMap::new(),
-                index: vec![IndexEntry {
-                    name: dir.name.clone(),
-                    version,
-                    state: ModelState::Unavailable,
-                    reason,
-                }],
-            }
-        };
-        let cfg = match ModelConfigFile::load(&dir.path) {
-            Ok(c) => c,
-            Err(e) => return fail(None, e.to_string()),
-        };
-        // Until version policies arrive, the highest version serves.
-        let Some((version, vpath)) = dir.versions.last() else {
-            return fail(
-                None,
-                format!(
-                    "{} has no numeric version folder (expected {}/1/{})",
-                    dir.path.display(),
-                    dir.name,
-                    cfg.model_filename()
-                ),
-            );
-        };
-        match self.load_version(&dir.name, *version, vpath.join(cfg.model_filename()), cfg) {
-            Ok(mv) => {
-                tracing::info!(model = %dir.name, version = version.0, backend = mv.backend, "loaded");
-                let mut versions = BTreeMap::new();
-                versions.insert(*version, Arc::new(mv));
-                ModelEntry {
-                    versions,
-                    index: vec![IndexEntry {
-                        name: dir.name.clone(),
-                        version: Some(*version),
-                        state: ModelState::Ready,
-                        reason: String::new(),
-                    }],
-                }
-            }
-            Err(e) => fail(Some(*version), e),
-        }
-    }
-
-    fn load_version(
-        &self,
-        name: &str,
-        version: Version,
-        path: PathBuf,
-        cfg: ModelConfigFile,
-    ) -> Result<ModelVersion, String> {
-        let started = Instant::now();
-        if !path.is_file() {
-            return Err(format!("model file {} not found", path.display()));
-        }
-        let req = LoadRequest {
-            model_name: name,
-            version,
-            path: &path,
-            config: &cfg,
-        };
-        let loaded = self
-            .inner
-            .backends
-            .load(cfg.backend, &req)
-            .map_err(|e| e.to_string())?;
-        if let Some(why) = &loaded.fallback_reason {
-            tracing::warn!(
-                model = name,
-                version = version.0,
-                "serving with {} because {why}",
-                loaded.name
-            );
-        }
-        let resolved = config::resolve_signature(loaded.backend.signature(), &cfg, &path)
-            .map_err(|e| e.to_string())?;
-        let label = format!("{name}:{version}");
-        let backend: Arc<dyn Backend> = Arc::from(loaded.backend);
-        let v = version.to_string();
-        let metrics = Arc::new(VersionMetrics::new(name, &v));
-        let stats = Arc::new(VersionStats::default());
-        let scheduling = SchedulerConfig {
-            label: label.clone(),
-            max_batch_size: resolved.max_batch_size as usize,
-            dynamic_batching: cfg.batching(resolved.max_batch_size),
-            max_queue_delay: cfg.queue_delay(),
-            preferred_batch_sizes: cfg
-                .preferred_batch_sizes
-                .iter()
-                .map(|&n| n as usize)
-                .collect(),
-            max_queue_size: cfg.queue_size(),
-            instances: cfg.instances(),
-        };
-        let scheduler = Scheduler::start(scheduling, backend, metrics.clone(), stats.clone())
-            .map_err(|e| format!("cannot start compute threads: {e}"))?;
-        metrics::gauge!(m::MODEL_LOAD_DURATION, "model" => name.to_string(), "version" => v.clone()).set(started.elapsed().as_secs_f64());
-        metrics::gauge!(m::MODEL_VERSIONS_LOADED, "model" => name.to_string(), "version" => v.clone()).set(1.0);
-        Ok(ModelVersion {
-            name: name.to_string(),
-            version,
-            label,
-            backend: loaded.name,
-            platform: loaded.platform,
-            max_batch_size: resolved.max_batch_size,
-            signature: resolved.signature,
-            config: cfg,
-            scheduler,
-            metrics,
-            stats,
-        })
+    pub(crate) fn slot(&self, name: &str) -> Option<Arc<ModelSlot>> {
+        self.inner.models.load().get(name).cloned()
     }
 
     /// The process is up and answering.
@@ -270,18 +258,17 @@ impl Core {
     }
 
     /// Ready to take inference traffic: the repository is loaded, the server is
-    /// not draining, and (with strict readiness) every model is ready.
+    /// not draining, and (with strict readiness) every model that was not unloaded
+    /// on purpose has a serving version.
     pub fn is_ready(&self) -> bool {
         if !self.inner.loaded.load(Ordering::SeqCst) || self.inner.draining.load(Ordering::SeqCst) {
             return false;
         }
         !self.inner.opts.strict_readiness
-            || self
-                .inner
-                .models
-                .load()
-                .values()
-                .all(|e| e.index.iter().all(|i| i.state == ModelState::Ready))
+            || self.inner.models.load().values().all(|slot| {
+                let served = slot.served.load();
+                served.unloaded || !served.versions.is_empty()
+            })
     }
 
     /// Readiness goes false; requests in flight finish.
@@ -297,53 +284,256 @@ impl Core {
         }
     }
 
-    /// Resolves a model and optional version to a serving version.
+    /// Resolves a model and an optional version (a number, `stable` or `canary`) to
+    /// a serving version; without one, the stable version (no canary draw).
     pub fn model(&self, name: &str, version: Option<&str>) -> Result<Arc<ModelVersion>, KilnError> {
-        let table = self.inner.models.load();
-        let Some(entry) = table.get(name) else {
+        self.route(name, version, None, false).map(|r| r.primary)
+    }
+
+    /// Picks the version a request runs on. `split`: unpinned requests are drawn
+    /// between stable and canary, and a share is copied to the shadow.
+    fn route(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        key: Option<&str>,
+        split: bool,
+    ) -> Result<Route, KilnError> {
+        let Some(slot) = self.slot(name) else {
             return Err(KilnError::not_found(format!("unknown model '{name}'")));
         };
-        match version.filter(|v| !v.is_empty()) {
-            None => entry.versions.values().next_back().cloned().ok_or_else(|| {
-                let reason = entry.index.first().map(|i| i.reason.as_str()).unwrap_or("");
-                KilnError::unavailable(format!("model '{name}' has no ready version: {reason}"))
-            }),
+        let served = slot.served.load();
+        let traffic = slot.traffic.load();
+        let no_version = || {
+            let reason = served
+                .index
+                .iter()
+                .map(|i| i.reason.as_str())
+                .find(|r| !r.is_empty())
+                .unwrap_or("");
+            KilnError::unavailable(format!("model '{name}' has no ready version: {reason}"))
+        };
+        let primary = match version.filter(|v| !v.is_empty()) {
+            None | Some(LABEL_STABLE) => {
+                let stable = served.stable(&traffic).ok_or_else(no_version)?;
+                match served.canary(&traffic) {
+                    Some(c)
+                        if split
+                            && version.is_none_or(str::is_empty)
+                            && traffic::to_canary(traffic.policy.canary_percent, key) =>
+                    {
+                        c
+                    }
+                    _ => stable,
+                }
+            }
+            Some(LABEL_CANARY) => served.canary(&traffic).ok_or_else(|| {
+                KilnError::not_found(format!("model '{name}' has no canary version serving"))
+            })?,
             Some(v) => {
                 let parsed = Version::parse(v).ok_or_else(|| {
-                    KilnError::not_found(format!("model '{name}' has no version '{v}'"))
+                    KilnError::not_found(format!(
+                        "model '{name}' has no version '{v}' (a version is a number, '{LABEL_STABLE}' or '{LABEL_CANARY}')"
+                    ))
                 })?;
-                entry.versions.get(&parsed).cloned().ok_or_else(|| {
-                    let known = entry.index.iter().any(|i| i.version == Some(parsed));
+                served.versions.get(&parsed).ok_or_else(|| {
+                    let known = served.index.iter().any(|i| i.version == Some(parsed));
                     if known {
                         KilnError::unavailable(format!("model '{name}' version {v} is not ready"))
                     } else {
                         KilnError::not_found(format!("model '{name}' has no version '{v}'"))
                     }
-                })
+                })?
             }
         }
+        .clone();
+        let shadow = if split {
+            traffic
+                .policy
+                .shadow
+                .filter(|&s| s != primary.version)
+                .and_then(|s| served.versions.get(&s))
+                .filter(|_| traffic::to_shadow(traffic.policy.shadow_percent))
+                .cloned()
+        } else {
+            None
+        };
+        Ok(Route { primary, shadow })
     }
 
     /// Versions of a model that serve, ascending.
     pub fn versions(&self, name: &str) -> Vec<Version> {
-        self.inner
-            .models
-            .load()
-            .get(name)
-            .map(|e| e.versions.keys().copied().collect())
+        self.slot(name)
+            .map(|s| s.served.load().versions.keys().copied().collect())
             .unwrap_or_default()
     }
 
     /// The repository index: one line per model version known, sorted by name.
+    /// Models in the repository that are not loaded show as UNAVAILABLE.
     pub fn index(&self, ready_only: bool) -> Vec<IndexEntry> {
         let table = self.inner.models.load();
-        let mut out: Vec<IndexEntry> = table
-            .values()
-            .flat_map(|e| e.index.iter().cloned())
-            .filter(|i| !ready_only || i.state == ModelState::Ready)
-            .collect();
+        let mut out: Vec<IndexEntry> = Vec::new();
+        for slot in table.values() {
+            let served = slot.served.load();
+            let traffic = slot.traffic.load();
+            for line in &served.index {
+                let mut line = line.clone();
+                if let Some(rb) = &traffic.rolled_back {
+                    if line.version == Some(rb.version) {
+                        line.reason = format!("canary rolled back: {}", rb.reason);
+                    }
+                }
+                out.push(line);
+            }
+        }
+        if let Ok(dirs) = repository::scan(
+            &self.inner.opts.repository,
+            self.inner.opts.ready_marker.as_deref(),
+        ) {
+            for d in dirs {
+                if !table.contains_key(&d.name) {
+                    out.push(IndexEntry {
+                        name: d.name,
+                        version: None,
+                        state: ModelState::Unavailable,
+                        reason: "not loaded".into(),
+                    });
+                }
+            }
+        }
+        out.retain(|i| !ready_only || i.state == ModelState::Ready);
         out.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
         out
+    }
+
+    /// The traffic policy of a model and the versions it applies to.
+    pub fn traffic(&self, name: &str) -> Result<TrafficView, KilnError> {
+        let slot = self
+            .slot(name)
+            .ok_or_else(|| KilnError::not_found(format!("unknown model '{name}'")))?;
+        let served = slot.served.load();
+        let state = TrafficState::clone(&slot.traffic.load());
+        Ok(TrafficView {
+            name: name.to_string(),
+            versions: served.versions.keys().copied().collect(),
+            stable: served.stable(&state).map(|v| v.version),
+            canary: served.canary(&state).map(|v| v.version),
+            state,
+        })
+    }
+
+    /// Changes a model's traffic policy at run time. Versions it names must be
+    /// serving. It holds until the next change through the API or to the model's
+    /// `[traffic]`/`[rollback]` config, and clears a recorded rollback.
+    pub fn set_traffic(
+        &self,
+        name: &str,
+        update: &TrafficUpdate,
+    ) -> Result<TrafficView, KilnError> {
+        let slot = self
+            .slot(name)
+            .ok_or_else(|| KilnError::not_found(format!("unknown model '{name}'")))?;
+        {
+            let _w = lock(&slot.window);
+            let served = slot.served.load();
+            let policy = update.apply(&slot.traffic.load().policy);
+            for (what, v) in [
+                ("stable", policy.stable),
+                ("canary", policy.canary),
+                ("shadow", policy.shadow),
+            ] {
+                if let Some(v) = v {
+                    if !served.versions.contains_key(&v) {
+                        return Err(KilnError::invalid(format!(
+                            "{what} version {v} of '{name}' is not serving (serving: {:?})",
+                            served.versions.keys().map(|v| v.0).collect::<Vec<_>>()
+                        )));
+                    }
+                }
+            }
+            if policy.canary.is_some()
+                && policy.canary
+                    == served
+                        .stable(&TrafficState {
+                            policy: policy.clone(),
+                            source: traffic::PolicySource::Api,
+                            rolled_back: None,
+                        })
+                        .map(|v| v.version)
+            {
+                return Err(KilnError::invalid(format!(
+                    "the canary of '{name}' must differ from its stable version"
+                )));
+            }
+            tracing::info!(
+                model = name,
+                ?policy,
+                "traffic policy changed through the API"
+            );
+            slot.traffic.store(Arc::new(TrafficState {
+                policy,
+                source: traffic::PolicySource::Api,
+                rolled_back: None,
+            }));
+        }
+        self.traffic(name)
+    }
+
+    /// One look of the rollback watcher (call it a few times a second): takes what
+    /// each version recorded, slides each canary's window, and sets a canary's
+    /// share to 0 when it breaches its model's rollback policy.
+    pub fn watch_rollbacks(&self) {
+        let now = Instant::now();
+        let table = self.inner.models.load();
+        for (name, slot) in table.iter() {
+            let mut window = lock(&slot.window);
+            let served = slot.served.load();
+            let mut health: HashMap<Version, traffic::Health> = served
+                .versions
+                .iter()
+                .map(|(v, mv)| (*v, mv.health.take()))
+                .collect();
+            let state = slot.traffic.load();
+            let watched = match (
+                &state.policy.rollback,
+                served.canary(&state),
+                served.stable(&state),
+            ) {
+                (Some(rb), Some(c), Some(s))
+                    if state.policy.canary_percent > 0.0 && state.rolled_back.is_none() =>
+                {
+                    Some((rb, c.version, s.version))
+                }
+                _ => None,
+            };
+            let Some((policy, canary, stable)) = watched else {
+                window.clear();
+                continue;
+            };
+            let (s, c) = window.push(
+                (stable, canary),
+                now,
+                Duration::from_secs(policy.window_secs),
+                health.remove(&stable).unwrap_or_default(),
+                health.remove(&canary).unwrap_or_default(),
+            );
+            if let Some(reason) = traffic::judge(policy, &s, &c) {
+                tracing::warn!(model = %name, canary = canary.0, stable = stable.0, "canary rolled back: {reason}");
+                metrics::counter!(m::CANARY_ROLLBACKS, "model" => name.clone(), "version" => canary.to_string()).increment(1);
+                let mut policy = state.policy.clone();
+                policy.canary_percent = 0.0;
+                slot.traffic.store(Arc::new(TrafficState {
+                    policy,
+                    source: state.source,
+                    rolled_back: Some(traffic::RolledBack {
+                        version: canary,
+                        reason,
+                        at: std::time::SystemTime::now(),
+                    }),
+                }));
+                window.clear();
+            }
+        }
     }
 
     /// Runs one inference request through validation, the version's queue and its
@@ -353,10 +543,19 @@ impl Core {
         if self.inner.draining.load(Ordering::SeqCst) {
             return Err(KilnError::unavailable("the server is shutting down"));
         }
-        let mv = self.model(&req.model, req.version.as_deref())?;
+        let Route {
+            primary: mv,
+            shadow,
+        } = self.route(
+            &req.model,
+            req.version.as_deref(),
+            req.routing_key.as_deref(),
+            true,
+        )?;
         // Counts the request's outcome when this future ends, even when it is
         // dropped because the client went away.
         let mut guard = OutcomeGuard::new(&mv, started);
+        let shadow = shadow.map(|sh| (sh, req.inputs.clone()));
         let valid = validate(
             &mv.label,
             &mv.signature.inputs,
@@ -426,6 +625,13 @@ impl Core {
             }
         }
         guard.outcome = Outcome::Success;
+        if let Some((sh, inputs)) = shadow {
+            let primary: Vec<(String, Tensor)> = outputs
+                .iter()
+                .map(|o| (o.name.clone(), o.tensor.clone()))
+                .collect();
+            tokio::spawn(run_shadow(sh, inputs, primary));
+        }
         let total = started.elapsed();
         mv.metrics.request.record(total.as_secs_f64());
         mv.metrics.inferences.increment(valid.batch_size as u64);
@@ -450,17 +656,24 @@ impl Core {
         let versions: Vec<Arc<ModelVersion>> = match (name, version.filter(|v| !v.is_empty())) {
             (Some(n), Some(_)) => vec![self.model(n, version)?],
             (Some(n), None) => {
-                let table = self.inner.models.load();
-                let entry = table
-                    .get(n)
+                let slot = self
+                    .slot(n)
                     .ok_or_else(|| KilnError::not_found(format!("unknown model '{n}'")))?;
-                entry.versions.values().cloned().collect()
+                let served = slot.served.load();
+                served.versions.values().cloned().collect()
             }
             (None, _) => {
                 let table = self.inner.models.load();
                 let mut all: Vec<Arc<ModelVersion>> = table
                     .values()
-                    .flat_map(|e| e.versions.values().cloned())
+                    .flat_map(|s| {
+                        s.served
+                            .load()
+                            .versions
+                            .values()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                    })
                     .collect();
                 all.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
                 all
@@ -511,8 +724,69 @@ impl Drop for OutcomeGuard<'_> {
     fn drop(&mut self) {
         self.mv.metrics.inflight.decrement(1.0);
         self.mv.metrics.count(self.outcome);
+        let elapsed = self.started.elapsed();
         if !self.recorded {
-            self.mv.stats.record_failure(self.started.elapsed());
+            self.mv.stats.record_failure(elapsed);
+        }
+        // What the client did wrong or gave up on says nothing of the version.
+        if !matches!(self.outcome, Outcome::Invalid | Outcome::Cancelled) {
+            self.mv
+                .health
+                .record(self.outcome == Outcome::Success, elapsed);
         }
     }
+}
+
+/// Runs a shadow copy of a request that succeeded on its primary version, and
+/// records how long it took, how it ended and how its outputs differ. Its answer
+/// is discarded; the shadow's own queue bounds how much of this can pile up.
+async fn run_shadow(
+    sh: Arc<ModelVersion>,
+    inputs: Vec<InferInput>,
+    primary: Vec<(String, Tensor)>,
+) {
+    let started = Instant::now();
+    let labels = [
+        ("model", sh.name.clone()),
+        ("version", sh.version.to_string()),
+    ];
+    let outcome = match validate(
+        &sh.label,
+        &sh.signature.inputs,
+        &sh.signature.outputs,
+        sh.max_batch_size,
+        inputs,
+        &[],
+    ) {
+        Err(_) => Outcome::Invalid,
+        Ok(valid) => match sh.scheduler.submit(valid.inputs, valid.batch_size, None) {
+            Err(_) => Outcome::Rejected,
+            Ok(rx) => match rx.await {
+                Ok(Computed {
+                    outputs: Ok(outs), ..
+                }) => {
+                    let named: Vec<(String, Tensor)> = sh
+                        .signature
+                        .outputs
+                        .iter()
+                        .map(|s| s.name.clone())
+                        .zip(outs)
+                        .collect();
+                    match traffic::compare(&primary, &named) {
+                        traffic::Difference::MaxAbs(d) => {
+                            metrics::histogram!(m::SHADOW_OUTPUT_DIFF, &labels).record(d)
+                        }
+                        traffic::Difference::Mismatch(why) => {
+                            tracing::debug!(model = %sh.name, version = sh.version.0, "shadow output mismatch: {why}");
+                            metrics::counter!(m::SHADOW_MISMATCHES, &labels).increment(1)
+                        }
+                    }
+                    Outcome::Success
+                }
+                _ => Outcome::Error,
+            },
+        },
+    };
+    metrics::histogram!(m::SHADOW_DURATION, &labels).record(started.elapsed().as_secs_f64());
+    metrics::counter!(m::SHADOW_REQUESTS, "model" => sh.name.clone(), "version" => sh.version.to_string(), "outcome" => outcome.as_str()).increment(1);
 }

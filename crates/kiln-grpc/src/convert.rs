@@ -67,6 +67,21 @@ fn timeout_param(r: &ModelInferRequest) -> Result<Option<Duration>, KilnError> {
     Ok(Some(Duration::from_micros(us)).filter(|d| !d.is_zero()))
 }
 
+/// The `routing_key` request parameter.
+fn routing_key_param(r: &ModelInferRequest) -> Result<Option<String>, KilnError> {
+    use pb::infer_parameter::ParameterChoice as P;
+    let key = kiln_core::traffic::ROUTING_KEY_PARAMETER;
+    match r.parameters.get(key).map(|p| &p.parameter_choice) {
+        None => Ok(None),
+        Some(Some(P::StringParam(s))) => Ok(Some(s.clone()).filter(|s| !s.is_empty())),
+        Some(Some(P::Int64Param(v))) => Ok(Some(v.to_string())),
+        Some(Some(P::Uint64Param(v))) => Ok(Some(v.to_string())),
+        Some(other) => Err(KilnError::invalid(format!(
+            "request parameter '{key}' must be a string, got {other:?}"
+        ))),
+    }
+}
+
 /// Decodes a ModelInferRequest into the core's request. `deadline` is what is left
 /// of the call's gRPC deadline, if it has one.
 pub fn request(
@@ -74,6 +89,7 @@ pub fn request(
     deadline: Option<Duration>,
 ) -> Result<InferRequest, KilnError> {
     let timeout = timeout_param(&r)?.into_iter().chain(deadline).min();
+    let routing_key = routing_key_param(&r)?;
     let model = r.model_name;
     if model.is_empty() {
         return Err(KilnError::invalid("model_name is empty"));
@@ -112,6 +128,7 @@ pub fn request(
         inputs,
         outputs,
         timeout,
+        routing_key,
     })
 }
 

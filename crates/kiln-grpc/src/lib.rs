@@ -11,7 +11,7 @@ pub mod pb {
 }
 
 use futures_util::{Stream, StreamExt};
-use kiln_core::config::config_dims;
+use kiln_core::config::{config_dims, VersionPolicy};
 use kiln_core::{Core, ErrorKind, KilnError, ModelVersion};
 use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use pb::*;
@@ -53,10 +53,53 @@ impl InferenceService {
         core: &Core,
         req: ModelInferRequest,
         deadline: Option<std::time::Duration>,
+        routing_key: Option<&str>,
     ) -> Result<ModelInferResponse, Status> {
-        let req = convert::request(req, deadline).map_err(status)?;
+        let mut req = convert::request(req, deadline).map_err(status)?;
+        if req.routing_key.is_none() {
+            req.routing_key = routing_key.map(str::to_string);
+        }
         let resp = core.infer(req).await.map_err(status)?;
         Ok(convert::response(resp))
+    }
+}
+
+/// The routing key sent as call metadata (a request parameter takes precedence).
+fn routing_key(md: &tonic::metadata::MetadataMap) -> Option<String> {
+    md.get(kiln_core::traffic::ROUTING_KEY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+}
+
+/// A repository load's `config` parameter (Kiln's config keys, JSON or TOML).
+fn load_config(
+    params: &std::collections::HashMap<String, ModelRepositoryParameter>,
+) -> Result<Option<kiln_core::config::ModelConfigFile>, Status> {
+    use model_repository_parameter::ParameterChoice as P;
+    if let Some(k) = params.keys().find(|k| k.starts_with("file:")) {
+        return Err(Status::invalid_argument(format!(
+            "parameter '{k}': loading model files through the API is not supported; place them in the repository"
+        )));
+    }
+    match params
+        .get("config")
+        .and_then(|p| p.parameter_choice.as_ref())
+    {
+        None => Ok(None),
+        Some(P::StringParam(text)) => kiln_core::config::ModelConfigFile::parse_override(text)
+            .map(Some)
+            .map_err(|e| Status::invalid_argument(e.to_string())),
+        Some(P::BytesParam(b)) => std::str::from_utf8(b)
+            .map_err(|_| Status::invalid_argument("parameter 'config' is not UTF-8"))
+            .and_then(|text| {
+                kiln_core::config::ModelConfigFile::parse_override(text)
+                    .map(Some)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))
+            }),
+        Some(_) => Err(Status::invalid_argument(
+            "parameter 'config' must be a string",
+        )),
     }
 }
 
@@ -114,9 +157,21 @@ fn model_config(mv: &ModelVersion) -> ModelConfig {
             })
         },
         version_policy: Some(ModelVersionPolicy {
-            policy_choice: Some(model_version_policy::PolicyChoice::Latest(
-                model_version_policy::Latest { num_versions: 1 },
-            )),
+            policy_choice: Some(match mv.config.version_policy() {
+                VersionPolicy::Latest(n) => {
+                    model_version_policy::PolicyChoice::Latest(model_version_policy::Latest {
+                        num_versions: u32::try_from(n).unwrap_or(u32::MAX),
+                    })
+                }
+                VersionPolicy::All => {
+                    model_version_policy::PolicyChoice::All(model_version_policy::All {})
+                }
+                VersionPolicy::Specific(list) => {
+                    model_version_policy::PolicyChoice::Specific(model_version_policy::Specific {
+                        versions: list.iter().map(|v| v.0 as i64).collect(),
+                    })
+                }
+            }),
         }),
         ..Default::default()
     }
@@ -252,7 +307,8 @@ impl GrpcInferenceService for InferenceService {
         r: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
         let deadline = deadline(r.metadata());
-        Self::infer(&self.core, r.into_inner(), deadline)
+        let key = routing_key(r.metadata());
+        Self::infer(&self.core, r.into_inner(), deadline, key.as_deref())
             .await
             .map(Response::new)
     }
@@ -266,10 +322,12 @@ impl GrpcInferenceService for InferenceService {
         let core = self.core.clone();
         // A stream's deadline bounds every request in it.
         let ends = deadline(r.metadata()).map(|d| std::time::Instant::now() + d);
+        let key = routing_key(r.metadata());
         let out = r
             .into_inner()
             .map(move |item| {
                 let core = core.clone();
+                let key = key.clone();
                 async move {
                     let req = match item {
                         Ok(req) => req,
@@ -278,7 +336,7 @@ impl GrpcInferenceService for InferenceService {
                     };
                     // Errors of one request travel in the stream; the stream goes on.
                     let left = ends.map(|e| e.saturating_duration_since(std::time::Instant::now()));
-                    Ok(match Self::infer(&core, req, left).await {
+                    Ok(match Self::infer(&core, req, left, key.as_deref()).await {
                         Ok(resp) => ModelStreamInferResponse {
                             error_message: String::new(),
                             infer_response: Some(resp),
@@ -344,19 +402,28 @@ impl GrpcInferenceService for InferenceService {
 
     async fn repository_model_load(
         &self,
-        _: Request<RepositoryModelLoadRequest>,
+        r: Request<RepositoryModelLoadRequest>,
     ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
-        Err(Status::unimplemented(
-            "model control (load/unload) is not enabled in this server",
-        ))
+        let r = r.into_inner();
+        let config = load_config(&r.parameters)?;
+        let core = self.core.clone();
+        tokio::task::spawn_blocking(move || core.load(&r.model_name, config))
+            .await
+            .map_err(|_| Status::internal("the model load panicked"))?
+            .map_err(status)?;
+        Ok(Response::new(RepositoryModelLoadResponse {}))
     }
 
     async fn repository_model_unload(
         &self,
-        _: Request<RepositoryModelUnloadRequest>,
+        r: Request<RepositoryModelUnloadRequest>,
     ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
-        Err(Status::unimplemented(
-            "model control (load/unload) is not enabled in this server",
-        ))
+        let r = r.into_inner();
+        let core = self.core.clone();
+        tokio::task::spawn_blocking(move || core.unload(&r.model_name))
+            .await
+            .map_err(|_| Status::internal("the model unload panicked"))?
+            .map_err(status)?;
+        Ok(Response::new(RepositoryModelUnloadResponse {}))
     }
 }

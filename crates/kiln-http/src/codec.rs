@@ -100,6 +100,19 @@ fn timeout_param(
     }
 }
 
+/// The `routing_key` request parameter (a string; a number is taken as its digits).
+fn routing_key_param(params: &Option<Map<String, Json>>) -> Result<Option<String>, ApiError> {
+    let key = kiln_core::traffic::ROUTING_KEY_PARAMETER;
+    match params.as_ref().and_then(|p| p.get(key)) {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::String(s)) => Ok(Some(s.clone()).filter(|s| !s.is_empty())),
+        Some(Json::Number(n)) => Ok(Some(n.to_string())),
+        Some(other) => Err(bad(format!(
+            "request parameter '{key}' must be a string, got {other}"
+        ))),
+    }
+}
+
 /// Decodes an inference body. `header_len` is the value of
 /// `Inference-Header-Content-Length`, when sent.
 pub fn decode_request(
@@ -140,6 +153,7 @@ pub fn decode_request(
         )));
     }
     let timeout = timeout_param(&req.parameters)?;
+    let routing_key = routing_key_param(&req.parameters)?;
     let mut choice = BinaryChoice {
         default: bool_param(&req.parameters, "binary_data_output", "request")?.unwrap_or(false),
         per_output: Vec::new(),
@@ -172,6 +186,7 @@ pub fn decode_request(
             inputs,
             outputs,
             timeout,
+            routing_key,
         },
         binary: choice,
     })

@@ -98,7 +98,16 @@ pub fn router(core: Core, opts: HttpOptions) -> Router {
             "/v2/models/{model}/versions/{version}/stats",
             get(stats_version),
         )
-        .route("/v2/repository/index", post(repository_index));
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{model}/load", post(repository_load))
+        .route(
+            "/v2/repository/models/{model}/unload",
+            post(repository_unload),
+        )
+        .route(
+            "/v2/models/{model}/traffic",
+            get(traffic_get).post(traffic_set),
+        );
     if opts.metrics.is_some() {
         r = r.route("/metrics", get(metrics));
     }
@@ -246,6 +255,109 @@ async fn repository_index(State(s): State<AppState>, body: Body) -> Result<Respo
     Ok(Json(views::index(&s.core.index(ready_only))).into_response())
 }
 
+/// Parses an optional JSON object body (empty means `{}`).
+async fn json_body(body: Body, limit: usize) -> Result<serde_json::Value, ApiError> {
+    let body = read_body(body, limit).await?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON body: {e}")))?;
+    if !v.is_object() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the body must be a JSON object",
+        ));
+    }
+    Ok(v)
+}
+
+/// Triton's load: `{"parameters": {"config": "<Kiln config as JSON or TOML>"}}`,
+/// all optional. Answers once the model serves (or failed to load).
+async fn repository_load(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let v = json_body(body, s.opts.max_body_bytes).await?;
+    let params = v.get("parameters").cloned().unwrap_or(json!({}));
+    let Some(params) = params.as_object() else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "'parameters' must be a JSON object",
+        ));
+    };
+    if let Some(k) = params.keys().find(|k| k.starts_with("file:")) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("parameter '{k}': loading model files through the API is not supported; place them in the repository"),
+        ));
+    }
+    let config = match params.get("config") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(text)) => Some(
+            kiln_core::config::ModelConfigFile::parse_override(text)
+                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?,
+        ),
+        // A JSON object in place of a string is taken as it is.
+        Some(obj @ serde_json::Value::Object(_)) => Some(
+            kiln_core::config::ModelConfigFile::parse_override(&obj.to_string())
+                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?,
+        ),
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "parameter 'config' must be a string (or a JSON object)",
+            ))
+        }
+    };
+    let core = s.core.clone();
+    let name = model.clone();
+    let report = tokio::task::spawn_blocking(move || core.load(&name, config))
+        .await
+        .map_err(|_| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the model load panicked")
+        })??;
+    Ok(Json(views::load_report(&model, &report)).into_response())
+}
+
+async fn repository_unload(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    // `unload_dependents` and other parameters change nothing: Kiln has no ensembles.
+    json_body(body, s.opts.max_body_bytes).await?;
+    let core = s.core.clone();
+    let name = model.clone();
+    let report = tokio::task::spawn_blocking(move || core.unload(&name))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the model unload panicked",
+            )
+        })??;
+    Ok(Json(views::load_report(&model, &report)).into_response())
+}
+
+async fn traffic_get(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(views::traffic(&s.core.traffic(&model)?)).into_response())
+}
+
+async fn traffic_set(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let v = json_body(body, s.opts.max_body_bytes).await?;
+    let update = kiln_core::traffic::TrafficUpdate::from_json(&v)?;
+    Ok(Json(views::traffic(&s.core.set_traffic(&model, &update)?)).into_response())
+}
+
 async fn infer(
     State(s): State<AppState>,
     Path(model): Path<String>,
@@ -286,7 +398,14 @@ async fn infer_for(
                 })?,
         ),
     };
-    let decoded = codec::decode_request(model, version, &body, header_len)?;
+    let mut decoded = codec::decode_request(model, version, &body, header_len)?;
+    if decoded.request.routing_key.is_none() {
+        decoded.request.routing_key = headers
+            .get(kiln_core::traffic::ROUTING_KEY_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .map(str::to_string);
+    }
     let resp = s.core.infer(decoded.request).await?;
     let encoded = codec::encode_response(resp, &decoded.binary)?;
     let mut response = Response::new(Body::from(encoded.body));

@@ -1,8 +1,9 @@
 //! JSON shapes of metadata, model config and the repository index.
 
 use kiln_core::config::config_dims;
+use kiln_core::config::VersionPolicy;
 use kiln_core::stats::{StatDuration, StatsSnapshot};
-use kiln_core::{IndexEntry, ModelVersion, TensorSpec, Version};
+use kiln_core::{IndexEntry, LoadReport, ModelVersion, TensorSpec, TrafficView, Version};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -27,7 +28,7 @@ pub fn config(mv: &ModelVersion) -> Value {
         "name": mv.name,
         "platform": mv.platform,
         "backend": mv.backend,
-        "version_policy": { "latest": { "num_versions": 1 } },
+        "version_policy": version_policy(&mv.config.version_policy()),
         "max_batch_size": mb,
         "input": mv.signature.inputs.iter().map(|s| json!({
             "name": s.name,
@@ -50,6 +51,53 @@ pub fn config(mv: &ModelVersion) -> Value {
         v["dynamic_batching"] = batching;
     }
     v
+}
+
+fn version_policy(p: &VersionPolicy) -> Value {
+    match p {
+        VersionPolicy::Latest(n) => json!({ "latest": { "num_versions": n } }),
+        VersionPolicy::All => json!({ "all": {} }),
+        VersionPolicy::Specific(list) => {
+            json!({ "specific": { "versions": list.iter().map(|v| v.0).collect::<Vec<_>>() } })
+        }
+    }
+}
+
+pub fn load_report(name: &str, r: &LoadReport) -> Value {
+    let list = |l: &[Version]| l.iter().map(|v| v.to_string()).collect::<Vec<_>>();
+    json!({
+        "name": name,
+        "serving": list(&r.serving),
+        "loaded": list(&r.loaded),
+        "retired": list(&r.retired),
+    })
+}
+
+pub fn traffic(t: &TrafficView) -> Value {
+    let v = |v: Option<Version>| v.map(|v| v.to_string());
+    let p = &t.state.policy;
+    json!({
+        "name": t.name,
+        "versions": t.versions.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
+        "stable": v(t.stable),
+        "canary": v(p.canary),
+        "canary_serving": t.canary.is_some(),
+        "canary_percent": p.canary_percent,
+        "shadow": v(p.shadow),
+        "shadow_percent": p.shadow_percent,
+        "rollback": p.rollback.as_ref().map(|r| json!({
+            "min_requests": r.min_requests,
+            "window_secs": r.window_secs,
+            "max_error_rate_increase": r.max_error_rate_increase,
+            "max_p99_ratio": r.max_p99_ratio,
+        })),
+        "rolled_back": t.state.rolled_back.as_ref().map(|rb| json!({
+            "version": rb.version.to_string(),
+            "reason": rb.reason,
+            "at_unix_ms": rb.at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+        })),
+        "source": t.state.source.as_str(),
+    })
 }
 
 fn dynamic_batching(mv: &ModelVersion) -> Value {

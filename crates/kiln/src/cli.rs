@@ -1,7 +1,7 @@
 //! Command-line flags. Each has an environment variable (`KILN_…`); names follow
 //! Triton's where Triton has one.
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -68,7 +68,71 @@ pub struct Args {
     #[arg(long, env = "KILN_EXIT_TIMEOUT_SECS", default_value_t = 30)]
     pub exit_timeout_secs: u64,
 
+    /// Who decides which models load: none (all at start, no changes), poll (all at
+    /// start, then the repository is watched), explicit (--load-model at start, then
+    /// the repository API's load and unload).
+    #[arg(long, env = "KILN_MODEL_CONTROL_MODE", value_enum, default_value_t = ControlModeArg::None)]
+    pub model_control_mode: ControlModeArg,
+
+    /// Poll mode: seconds between two scans of the repository.
+    #[arg(long, env = "KILN_REPOSITORY_POLL_SECS", default_value_t = 15.0, value_parser = positive_secs)]
+    pub repository_poll_secs: f64,
+
+    /// Poll mode: seconds a changed model folder must stay unchanged (file names,
+    /// sizes, times) before it loads, so that half-copied files are not loaded.
+    #[arg(long, env = "KILN_REPOSITORY_SETTLE_SECS", default_value_t = 2.0, value_parser = non_negative_secs)]
+    pub repository_settle_secs: f64,
+
+    /// A version folder counts only once it holds a file of this name (e.g. READY,
+    /// written last by the deployment): the strict guard against partial copies.
+    #[arg(long, env = "KILN_REPOSITORY_READY_MARKER")]
+    pub repository_ready_marker: Option<String>,
+
+    /// Explicit mode: a model to load at start (repeat the flag, or a comma list in
+    /// the env var; `*` loads all).
+    #[arg(long = "load-model", env = "KILN_LOAD_MODEL", value_delimiter = ',')]
+    pub load_model: Vec<String>,
+
     /// Log detail: 0 info, 1 debug, 2 trace (KILN_LOG, a tracing filter, overrides it).
     #[arg(long, env = "KILN_LOG_VERBOSE", default_value_t = 0)]
     pub log_verbose: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ControlModeArg {
+    None,
+    Poll,
+    Explicit,
+}
+
+impl From<ControlModeArg> for kiln_core::ControlMode {
+    fn from(m: ControlModeArg) -> Self {
+        match m {
+            ControlModeArg::None => kiln_core::ControlMode::None,
+            ControlModeArg::Poll => kiln_core::ControlMode::Poll,
+            ControlModeArg::Explicit => kiln_core::ControlMode::Explicit,
+        }
+    }
+}
+
+fn non_negative_secs(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if v.is_finite() && (0.0..=86_400.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{s} is not between 0 and 86400 seconds"))
+    }
+}
+
+fn positive_secs(s: &str) -> Result<f64, String> {
+    let v = non_negative_secs(s)?;
+    if v >= 0.01 {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{s} is below the shortest poll interval, 0.01 seconds"
+        ))
+    }
 }

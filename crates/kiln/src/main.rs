@@ -57,6 +57,11 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
             kiln_core::metrics::BATCH_SIZE_BUCKETS,
         )
         .context("invalid histogram buckets")?
+        .set_buckets_for_metric(
+            Matcher::Full(kiln_core::metrics::SHADOW_OUTPUT_DIFF.into()),
+            kiln_core::metrics::DIFF_BUCKETS,
+        )
+        .context("invalid histogram buckets")?
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     kiln_core::metrics::describe();
@@ -82,6 +87,9 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
         CoreOptions {
             repository: args.model_repository.clone(),
             strict_readiness: args.strict_readiness,
+            control_mode: args.model_control_mode.into(),
+            startup_models: args.load_model.clone(),
+            ready_marker: args.repository_ready_marker.clone(),
         },
         backends,
     );
@@ -163,10 +171,50 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
         _ = shutdown_signal() => return shutdown(core, stop_tx, servers, args.exit_timeout_secs).await,
         Some(r) = servers.join_next() => return r.context("server task panicked")?,
     }
+    if args.model_control_mode == cli::ControlModeArg::Poll {
+        start_polling(
+            core.clone(),
+            Duration::from_secs_f64(args.repository_poll_secs),
+            Duration::from_secs_f64(args.repository_settle_secs),
+        )?;
+    }
+    let watcher = core.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(ROLLBACK_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            watcher.watch_rollbacks();
+        }
+    });
     tokio::select! {
         _ = shutdown_signal() => shutdown(core, stop_tx, servers, args.exit_timeout_secs).await,
         Some(r) = servers.join_next() => r.context("server task panicked")?,
     }
+}
+
+/// How often the rollback watcher compares canaries with their stable versions.
+const ROLLBACK_CHECK: Duration = Duration::from_millis(250);
+
+/// Poll mode: a thread of its own scans the repository (file system work and
+/// model loads never run on the async runtime).
+fn start_polling(core: Core, every: Duration, settle: Duration) -> anyhow::Result<()> {
+    tracing::info!(
+        "polling the model repository every {:.2}s (changes load after {:.2}s unchanged)",
+        every.as_secs_f64(),
+        settle.as_secs_f64()
+    );
+    std::thread::Builder::new()
+        .name("kiln-poll".into())
+        .spawn(move || {
+            let mut state = kiln_core::PollState::default();
+            loop {
+                std::thread::sleep(every);
+                core.poll(&mut state, settle);
+            }
+        })
+        .context("cannot start the repository poller")?;
+    Ok(())
 }
 
 /// Serves an axum app until `stop` turns true, with TCP_NODELAY on every connection
