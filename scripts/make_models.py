@@ -172,14 +172,7 @@ def slow(layers=400, width=512):
     100 M multiply-adds per row, so a request's cost is set by its batch size. W is
     computed in the graph from a Range (the runtime folds it at load), which keeps
     the file small."""
-    n = width * width
-    nodes = [
-        helper.make_node("Range", ["r0", "rn", "r1"], ["ramp"]),
-        helper.make_node("Mul", ["ramp", "freq"], ["phase"]),
-        helper.make_node("Sin", ["phase"], ["wave"]),
-        helper.make_node("Mul", ["wave", "norm"], ["flat"]),
-        helper.make_node("Reshape", ["flat", "wshape"], ["W"]),
-    ]
+    nodes, w_inits = wave_matrix(width)
     prev = "X"
     for i in range(layers):
         out = "Y" if i == layers - 1 else f"t{i}"
@@ -191,16 +184,30 @@ def slow(layers=400, width=512):
         "slow",
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", width])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", width])],
-        [
-            init("r0", np.float32(0)),
-            init("rn", np.float32(n)),
-            init("r1", np.float32(1)),
-            init("freq", np.float32(0.7371)),
-            init("norm", np.float32(1.7 / np.sqrt(width))),
-            init("wshape", np.array([width, width], dtype=np.int64)),
-        ],
+        w_inits,
     )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+def wave_matrix(width):
+    """Nodes and initialisers computing W [width, width] in the graph from a Range
+    (the runtime folds it at load), which keeps the file small."""
+    nodes = [
+        helper.make_node("Range", ["r0", "rn", "r1"], ["ramp"]),
+        helper.make_node("Mul", ["ramp", "freq"], ["phase"]),
+        helper.make_node("Sin", ["phase"], ["wave"]),
+        helper.make_node("Mul", ["wave", "norm"], ["flat"]),
+        helper.make_node("Reshape", ["flat", "wshape"], ["W"]),
+    ]
+    inits = [
+        init("r0", np.float32(0)),
+        init("rn", np.float32(width * width)),
+        init("r1", np.float32(1)),
+        init("freq", np.float32(0.7371)),
+        init("norm", np.float32(1.7 / np.sqrt(width))),
+        init("wshape", np.array([width, width], dtype=np.int64)),
+    ]
+    return nodes, inits
 
 
 def gather():
@@ -216,6 +223,53 @@ def gather():
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", 1])],
     )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+def add_k(k, heavy_layers=0, width=512):
+    """Y = X + k, FP32 [batch, 4]: a version's answers say which version computed
+    them. With `heavy_layers`, a side path of that many 512-wide MatMul+Tanh layers
+    (multiplied by 0 and added) makes it slower without changing its answers."""
+    nodes = [helper.make_node("Add", ["X", "k"], ["base"] if heavy_layers else ["Y"])]
+    inits = [init("k", np.float32(k))]
+    if heavy_layers:
+        w_nodes, w_inits = wave_matrix(width)
+        nodes += w_nodes + [helper.make_node("Tile", ["X", "reps"], ["wide"])]
+        prev = "wide"
+        for i in range(heavy_layers):
+            nodes.append(helper.make_node("MatMul", [prev, "W"], [f"m{i}"]))
+            nodes.append(helper.make_node("Tanh", [f"m{i}"], [f"t{i}"]))
+            prev = f"t{i}"
+        nodes += [
+            helper.make_node("ReduceSum", [prev, "axis1"], ["s"], keepdims=1),
+            helper.make_node("Mul", ["s", "zero"], ["nothing"]),
+            helper.make_node("Add", ["base", "nothing"], ["Y"]),
+        ]
+        inits += w_inits + [
+            init("reps", np.array([1, width // 4], dtype=np.int64)),
+            init("axis1", np.array([1], dtype=np.int64)),
+            init("zero", np.float32(0)),
+        ]
+    g = helper.make_graph(
+        nodes,
+        "add_k",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", 4])],
+        inits,
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
+    m.ir_version = IR_VERSION
+    onnx.checker.check_model(m)
+    return m
+
+
+def lifecycle_fixtures(folder):
+    """Model files the lifecycle tests copy into version folders of their own
+    repositories: add1..add3 (Y = X + k) and add_slow (Y = X + 9, slower)."""
+    os.makedirs(folder, exist_ok=True)
+    for k in (1, 2, 3):
+        onnx.save(add_k(k), os.path.join(folder, f"add{k}.onnx"))
+    onnx.save(add_k(9, heavy_layers=200), os.path.join(folder, "add_slow.onnx"))
+    print("wrote", folder)
 
 
 def mlp(name, sizes, rng):
@@ -278,6 +332,7 @@ def main():
         "max_batch_size = 64\ndynamic_batching = false\nmax_queue_size = 2\nintra_op_threads = 1\n",
     )
     save(gather(), a.test_models, "gather", 'backend = "onnxruntime"\n')
+    lifecycle_fixtures(os.path.join(os.path.dirname(a.test_models), "fixtures", "lifecycle"))
     os.makedirs(os.path.join(a.test_models, "broken", "1"), exist_ok=True)
     with open(os.path.join(a.test_models, "broken", "1", "model.onnx"), "wb") as f:
         f.write(b"this is not an onnx model")

@@ -15,6 +15,12 @@ pub struct Server {
     pub log: mpsc::Receiver<String>,
 }
 
+impl Server {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
