@@ -280,7 +280,8 @@ impl Core {
                         model = name,
                         version = v.0,
                         backend = mv.backend,
-                        "loaded and warmed up"
+                        warmed_up = mv.config.warms_up(),
+                        "loaded"
                     );
                     next.insert(v, Arc::new(mv));
                     loaded.push(v);

@@ -256,7 +256,8 @@ impl GrpcInferenceService for InferenceService {
         let r = r.into_inner();
         let ready = match self.core.model(&r.name, version_arg(&r.version)) {
             Ok(_) => true,
-            Err(e) if e.kind == ErrorKind::Unavailable => false,
+            // Like Triton: a model that is not loaded (or not known) is not ready.
+            Err(e) if matches!(e.kind, ErrorKind::Unavailable | ErrorKind::NotFound) => false,
             Err(e) => return Err(status(e)),
         };
         Ok(Response::new(ModelReadyResponse { ready }))

@@ -66,9 +66,13 @@ async fn health_metadata_config_and_infer() {
             .into_inner()
             .ready
     );
-    assert_eq!(
-        c.model_ready(ready("nope")).await.unwrap_err().code(),
-        Code::NotFound
+    // Like Triton: an unknown (or unloaded) model is simply not ready.
+    assert!(
+        !c.model_ready(ready("nope"))
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
     );
 
     let md = c

@@ -363,7 +363,24 @@ async fn grpc_deadlines_queue_limits_and_cancellation() {
         .as_u64()
         .unwrap();
     let b = tokio::task::spawn_blocking(move || blocker(http_port, 64).join().unwrap());
-    tokio::time::sleep(Duration::from_millis(60)).await;
+    // Wait until the blocker occupies the instance (a busy machine may be slow to send it).
+    tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        while metric(
+            http_port,
+            "kiln_inflight_requests{model=\"slow\",version=\"1\"}",
+        ) < 1.0
+        {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the blocker never arrived"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
     let x = vec![0.1f32; 512];
     let mut client = grpc_client(s.grpc).await;
     // A gRPC deadline shorter than the wait, sent by a bare HTTP/2 client so that the
