@@ -127,7 +127,7 @@ impl Core {
         }));
         *applied = Applied::default();
         let retired: Vec<Version> = old.versions.keys().copied().collect();
-        tracing::info!(model = name, versions = ?retired.iter().map(|v| v.0).collect::<Vec<_>>(), "{reason}; versions are released when their last request ends");
+        tracing::info!(model = %name, versions = ?retired.iter().map(|v| v.0).collect::<Vec<_>>(), "{reason}; versions are released when their last request ends");
         LoadReport {
             serving: vec![],
             loaded: vec![],
@@ -181,7 +181,7 @@ impl Core {
         applied.print = Some(print);
         let current = slot.served.load_full();
         let keep_serving = |reason: String, version: Option<Version>| {
-            tracing::error!(model = name, version = ?version.map(|v| v.0), "failed to load: {reason}");
+            tracing::error!(model = %name, version = ?version.map(|v| v.0), "failed to load: {reason}");
             metrics::counter!(m::MODEL_LOAD_FAILURES, "model" => name.to_string(), "version" => version.map(|v| v.to_string()).unwrap_or_default()).increment(1);
             let mut index: Vec<IndexEntry> = current
                 .index
@@ -277,7 +277,7 @@ impl Core {
             match self.load_version(name, v, &file, cfg.clone(), files) {
                 Ok(mv) => {
                     tracing::info!(
-                        model = name,
+                        model = %name,
                         version = v.0,
                         backend = mv.backend,
                         warmed_up = mv.config.warms_up(),
@@ -287,7 +287,7 @@ impl Core {
                     loaded.push(v);
                 }
                 Err(reason) => {
-                    tracing::error!(model = name, version = v.0, "failed to load: {reason}");
+                    tracing::error!(model = %name, version = v.0, "failed to load: {reason}");
                     metrics::counter!(m::MODEL_LOAD_FAILURES, "model" => name.to_string(), "version" => v.to_string()).increment(1);
                     if let Some(old) = current.versions.get(&v) {
                         next.insert(v, old.clone());
@@ -337,7 +337,7 @@ impl Core {
             let traffic = (cfg.traffic.clone(), cfg.rollback.clone());
             if applied.traffic.as_ref() != Some(&traffic) {
                 if applied.traffic.is_some() {
-                    tracing::info!(model = name, "traffic policy changed in the config");
+                    tracing::info!(model = %name, "traffic policy changed in the config");
                 }
                 slot.traffic.store(Arc::new(TrafficState::from_config(
                     traffic.0.as_ref(),
@@ -352,7 +352,7 @@ impl Core {
             }));
         }
         if !retired.is_empty() {
-            tracing::info!(model = name, versions = ?retired.iter().map(|v| v.0).collect::<Vec<_>>(), "retired; released when their last request ends");
+            tracing::info!(model = %name, versions = ?retired.iter().map(|v| v.0).collect::<Vec<_>>(), "retired; released when their last request ends");
         }
         if failures.is_empty() {
             Ok(LoadReport {
@@ -397,7 +397,7 @@ impl Core {
             .map_err(|e| e.to_string())?;
         if let Some(why) = &loaded.fallback_reason {
             tracing::warn!(
-                model = name,
+                model = %name,
                 version = version.0,
                 "serving with {} because {why}",
                 loaded.name

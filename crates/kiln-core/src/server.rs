@@ -466,7 +466,7 @@ impl Core {
                 )));
             }
             tracing::info!(
-                model = name,
+                model = %name,
                 ?policy,
                 "traffic policy changed through the API"
             );
