@@ -183,12 +183,7 @@ impl Core {
         let keep_serving = |reason: String, version: Option<Version>| {
             tracing::error!(model = %name, version = ?version.map(|v| v.0), "failed to load: {reason}");
             metrics::counter!(m::MODEL_LOAD_FAILURES, "model" => name.to_string(), "version" => version.map(|v| v.to_string()).unwrap_or_default()).increment(1);
-            let mut index: Vec<IndexEntry> = current
-                .index
-                .iter()
-                .filter(|i| i.state == ModelState::Ready)
-                .cloned()
-                .collect();
+            let mut index = current.ready_lines();
             index.push(IndexEntry {
                 name: name.to_string(),
                 version,
@@ -249,12 +244,7 @@ impl Core {
         }
         if !to_load.is_empty() {
             // Show them as loading while what serves goes on serving.
-            let mut index: Vec<IndexEntry> = current
-                .index
-                .iter()
-                .filter(|i| i.state == ModelState::Ready)
-                .cloned()
-                .collect();
+            let mut index = current.ready_lines();
             for (v, _, _) in &to_load {
                 index.retain(|i| i.version != Some(*v));
                 index.push(IndexEntry {

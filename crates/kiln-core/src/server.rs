@@ -145,6 +145,15 @@ pub(crate) struct Served {
 }
 
 impl Served {
+    /// The index lines of the versions that serve.
+    pub(crate) fn ready_lines(&self) -> Vec<IndexEntry> {
+        self.index
+            .iter()
+            .filter(|i| i.state == ModelState::Ready)
+            .cloned()
+            .collect()
+    }
+
     /// The version unpinned traffic goes to when no canary takes it.
     fn stable(&self, t: &TrafficState) -> Option<&Arc<ModelVersion>> {
         t.policy
