@@ -950,3 +950,35 @@ fn memory_stays_flat_over_load_unload_cycles() {
         "{ten} KiB -> {hundred} KiB"
     );
 }
+
+#[test]
+fn poll_mode_with_a_ready_marker_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path();
+    place(repo, "m", 1, "add1.onnx");
+    std::fs::write(repo.join("m/1/READY"), "").unwrap();
+    let srv = start(
+        repo.to_str().unwrap(),
+        &[
+            "--model-control-mode",
+            "poll",
+            "--repository-poll-secs",
+            "0.1",
+            "--repository-settle-secs",
+            "0",
+            "--repository-ready-marker",
+            "READY",
+        ],
+    );
+    let versions = || traffic(srv.http, "m")["versions"].clone();
+    assert_eq!(versions(), json!(["1"]));
+    // Complete files, but no marker yet: the version does not exist for Kiln.
+    place(repo, "m", 2, "add2.onnx");
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(versions(), json!(["1"]));
+    assert!(!index(srv.http).iter().any(|l| l["version"] == "2"));
+    std::fs::write(repo.join("m/2/READY"), "").unwrap();
+    wait_until("version 2 serves", Duration::from_secs(10), || {
+        versions() == json!(["2"])
+    });
+}
