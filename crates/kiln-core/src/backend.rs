@@ -25,6 +25,10 @@ pub enum BackendError {
     /// The backend failed while computing; the message is the runtime's own.
     #[error("{0}")]
     Run(String),
+    /// The input is not acceptable to the model (e.g. text that is not UTF-8):
+    /// the client's mistake, answered 400 / INVALID_ARGUMENT.
+    #[error("{0}")]
+    InvalidInput(String),
 }
 
 /// What a backend needs to load one model version.
@@ -72,6 +76,7 @@ pub struct LoadedBackend {
 pub struct Backends {
     onnxruntime: Option<Arc<dyn BackendFactory>>,
     tract: Option<Arc<dyn BackendFactory>>,
+    candle: Option<Arc<dyn BackendFactory>>,
 }
 
 impl Backends {
@@ -79,7 +84,17 @@ impl Backends {
         onnxruntime: Option<Arc<dyn BackendFactory>>,
         tract: Option<Arc<dyn BackendFactory>>,
     ) -> Self {
-        Backends { onnxruntime, tract }
+        Backends {
+            onnxruntime,
+            tract,
+            candle: None,
+        }
+    }
+
+    /// Adds the Candle backend (safetensors model families).
+    pub fn with_candle(mut self, candle: Arc<dyn BackendFactory>) -> Self {
+        self.candle = Some(candle);
+        self
     }
 
     fn usable<'a>(
@@ -108,6 +123,15 @@ impl Backends {
             })
         };
         match choice {
+            BackendChoice::Candle => {
+                let f = Self::usable(&self.candle, "candle").map_err(|reason| {
+                    BackendError::Unavailable {
+                        backend: "candle",
+                        reason,
+                    }
+                })?;
+                with(f, None)
+            }
             BackendChoice::Tract => {
                 let f = Self::usable(&self.tract, "tract").map_err(|reason| {
                     BackendError::Unavailable {

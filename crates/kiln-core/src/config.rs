@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 pub const CONFIG_FILE: &str = "config.toml";
 /// Model file looked for in each version folder unless the config names another.
 pub const DEFAULT_MODEL_FILENAME: &str = "model.onnx";
+/// The same for `backend = "candle"`.
+pub const DEFAULT_CANDLE_FILENAME: &str = "model.safetensors";
 /// `max_batch_size` given to a model whose first dimension is variable when the
 /// config does not set one.
 pub const DEFAULT_MAX_BATCH_SIZE: u32 = 32;
@@ -50,6 +52,8 @@ pub enum BackendChoice {
     #[serde(alias = "ort")]
     Onnxruntime,
     Tract,
+    /// Safetensors weights with a model family written in Rust (`family`).
+    Candle,
 }
 
 impl BackendChoice {
@@ -58,6 +62,7 @@ impl BackendChoice {
             BackendChoice::Auto => "auto",
             BackendChoice::Onnxruntime => "onnxruntime",
             BackendChoice::Tract => "tract",
+            BackendChoice::Candle => "candle",
         }
     }
 }
@@ -254,8 +259,17 @@ pub struct ModelConfigFile {
     /// network side between executions: more throughput when cores are scarce,
     /// more latency per execution.
     pub intra_op_spinning: Option<bool>,
-    /// Model file name inside each version folder. Default `model.onnx`.
+    /// Model file name inside each version folder. Default `model.onnx`
+    /// (`model.safetensors` for Candle).
     pub default_model_filename: Option<String>,
+    /// Candle: the model family (`bert_embedding`, `mlp`).
+    pub family: Option<String>,
+    /// Candle text models: tokens per text, special tokens included (default: the
+    /// model's own, from `sentence_bert_config.json` or `config.json`).
+    pub max_sequence_length: Option<usize>,
+    /// Candle text models: cut texts longer than `max_sequence_length` (default
+    /// true) or reject them (400 / INVALID_ARGUMENT).
+    pub truncate: Option<bool>,
     #[serde(default)]
     pub input: Vec<TensorConfig>,
     #[serde(default)]
@@ -398,6 +412,30 @@ impl ModelConfigFile {
                 ));
             }
         }
+        if (self.family.is_some() || self.max_sequence_length.is_some() || self.truncate.is_some())
+            && self.backend != BackendChoice::Candle
+        {
+            return Err(invalid(
+                "family",
+                "family, max_sequence_length and truncate apply to backend = \"candle\" only"
+                    .into(),
+            ));
+        }
+        if self.backend == BackendChoice::Candle && self.family.is_none() {
+            return Err(invalid(
+                "family",
+                "backend = \"candle\" needs a family (bert_embedding or mlp)".into(),
+            ));
+        }
+        if self
+            .max_sequence_length
+            .is_some_and(|n| !(3..=8192).contains(&n))
+        {
+            return Err(invalid(
+                "max_sequence_length",
+                "must be between 3 and 8192".into(),
+            ));
+        }
         if let Some(p) = &self.version_policy {
             let set = [p.latest.is_some(), p.all.is_some(), p.specific.is_some()];
             if set.iter().filter(|&&b| b).count() != 1 {
@@ -455,7 +493,11 @@ impl ModelConfigFile {
     pub fn model_filename(&self) -> &str {
         self.default_model_filename
             .as_deref()
-            .unwrap_or(DEFAULT_MODEL_FILENAME)
+            .unwrap_or(if self.backend == BackendChoice::Candle {
+                DEFAULT_CANDLE_FILENAME
+            } else {
+                DEFAULT_MODEL_FILENAME
+            })
     }
 
     pub fn instances(&self) -> usize {

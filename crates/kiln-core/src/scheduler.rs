@@ -14,7 +14,7 @@
 //! only. Requests whose client went away are dropped unseen; requests past their
 //! deadline are answered with DEADLINE_EXCEEDED without being computed.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError};
 use crate::error::{ErrorKind, KilnError};
 use crate::metrics::VersionMetrics;
 use crate::stats::{ComputeTimes, VersionStats};
@@ -382,29 +382,27 @@ fn execute(sh: &Shared, mut batch: Vec<Job>) {
             })
             .collect()
     };
-    let replies: Vec<_> = batch.into_iter().map(|j| (j.reply, j.enqueued)).collect();
+    let (replies, job_inputs): (Vec<_>, Vec<Vec<Tensor>>) = batch
+        .into_iter()
+        .map(|j| ((j.reply, j.enqueued), j.inputs))
+        .unzip();
     let t_input = started.elapsed();
     let ran = Instant::now();
     let result: Result<Vec<Tensor>, KilnError> = match inputs {
         Err(e) => Err(KilnError::internal(format!(
             "model {label}: cannot form a batch: {e}"
         ))),
-        Ok(inputs) => match std::panic::catch_unwind(AssertUnwindSafe(|| sh.backend.run(inputs))) {
-            Ok(Ok(outputs)) => Ok(outputs),
-            Ok(Err(e)) => Err(KilnError::internal(format!("model {label}: {e}"))),
-            Err(panic) => {
-                let what = panic_message(&*panic);
-                tracing::error!(model = %label, "backend panicked: {what}");
-                Err(KilnError::internal(format!(
-                    "model {label}: backend panicked: {what}"
-                )))
-            }
-        },
+        Ok(inputs) => run_backend(sh, inputs),
     };
     let t_infer = ran.elapsed();
     let split_at = Instant::now();
     // One result per request: its own outputs, or the batch's error.
     let answers: Vec<Result<Vec<Tensor>, KilnError>> = match result {
+        // The model refused some request's input: run each request alone, so that
+        // only the one at fault fails.
+        Err(e) if !single && e.kind == ErrorKind::InvalidArgument => {
+            job_inputs.into_iter().map(|i| run_backend(sh, i)).collect()
+        }
         Err(e) => vec![Err(e); replies.len()],
         Ok(outputs) if single => vec![Ok(outputs)],
         Ok(outputs) => split_outputs(sh, outputs, &rows, total_rows),
@@ -424,6 +422,25 @@ fn execute(sh: &Shared, mut batch: Vec<Job>) {
             compute,
             batch_size: total_rows,
         });
+    }
+}
+
+/// Runs the backend, turning its errors and panics into the request's error.
+fn run_backend(sh: &Shared, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, KilnError> {
+    let label = &sh.cfg.label;
+    match std::panic::catch_unwind(AssertUnwindSafe(|| sh.backend.run(inputs))) {
+        Ok(Ok(outputs)) => Ok(outputs),
+        Ok(Err(BackendError::InvalidInput(e))) => {
+            Err(KilnError::invalid(format!("model {label}: {e}")))
+        }
+        Ok(Err(e)) => Err(KilnError::internal(format!("model {label}: {e}"))),
+        Err(panic) => {
+            let what = panic_message(&*panic);
+            tracing::error!(model = %label, "backend panicked: {what}");
+            Err(KilnError::internal(format!(
+                "model {label}: backend panicked: {what}"
+            )))
+        }
     }
 }
 
@@ -459,7 +476,6 @@ fn split_outputs(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::BackendError;
     use crate::dtype::DataType;
     use crate::model::{ModelSignature, TensorSpec};
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -492,6 +508,9 @@ mod tests {
             }
             if v.iter().any(|x| x.is_nan()) {
                 return Err(BackendError::Run("NaN in input".into()));
+            }
+            if v.iter().any(|x| x.is_infinite()) {
+                return Err(BackendError::InvalidInput("infinite input".into()));
             }
             let doubled: Vec<f32> = v.iter().map(|x| x * 2.0).collect();
             Ok(vec![
@@ -707,6 +726,24 @@ mod tests {
             later.outputs.unwrap()[0].to_vec::<f32>().unwrap(),
             vec![8.0]
         );
+    }
+
+    #[tokio::test]
+    async fn an_input_the_model_refuses_fails_only_its_own_request() {
+        let b = doubler(Duration::from_millis(30));
+        let (s, _) = start(cfg(8, 0, 64, 1), b.clone());
+        let first = s.submit(rows(1, 1, 1.0), 1, None).unwrap();
+        wait_taken(&s);
+        let bad = s.submit(rows(1, 1, f32::INFINITY), 1, None).unwrap();
+        let partner = s.submit(rows(1, 1, 2.0), 1, None).unwrap();
+        assert!(first.await.unwrap().outputs.is_ok());
+        // Batched together, refused, then re-run one by one: only `bad` fails.
+        let e = bad.await.unwrap().outputs.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidArgument);
+        assert!(e.message.contains("infinite"), "{}", e.message);
+        let ok = partner.await.unwrap().outputs.unwrap();
+        assert_eq!(ok[0].to_vec::<f32>().unwrap(), vec![4.0]);
+        assert_eq!(*b.executions.lock().unwrap(), vec![1, 2, 1, 1]);
     }
 
     #[tokio::test]

@@ -609,6 +609,7 @@ impl Core {
             guard.outcome = match e.kind {
                 ErrorKind::Unavailable => Outcome::Rejected,
                 ErrorKind::DeadlineExceeded => Outcome::Timeout,
+                ErrorKind::InvalidArgument => Outcome::Invalid,
                 _ => Outcome::Error,
             }
         })?;
