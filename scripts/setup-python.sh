@@ -11,6 +11,8 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip
 "$venv/bin/python" -m pip install -q -r "$here/scripts/requirements.txt"
+# The MiniLM sentence-embedding model (Candle backend) into models/minilm/.
+"$venv/bin/python" "$here/scripts/fetch_minilm.py" >/dev/null
 # perf_analyzer from the tritonclient wheel needs libb64 (Debian) at run time.
 if ! ldconfig -p | grep -q 'libb64.so.0d'; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then

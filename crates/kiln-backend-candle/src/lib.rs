@@ -1,1 +1,327 @@
-//! placeholder
+//! Candle backend: safetensors weights run by model families written in Rust.
+//!
+//! - `bert_embedding`: a BERT encoder (`candle-transformers`) with the Hugging Face
+//!   tokenizer from `tokenizer.json`: UTF-8 texts in (BYTES `[batch]`), mean-pooled
+//!   and L2-normalised sentence embeddings out (FP32 `[batch, hidden]`), as
+//!   sentence-transformers computes them.
+//! - `mlp`: a plain multilayer perceptron whose layer sizes come from `config.json`.
+//!
+//! Each version folder holds `model.safetensors` and `config.json` (plus
+//! `tokenizer.json` for text models).
+
+use candle_core::{DType, Device, Tensor as CTensor};
+use candle_nn::{Linear, Module, VarBuilder};
+use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use kiln_core::backend::{Backend, BackendError, BackendFactory, LoadRequest};
+use kiln_core::{DataType, ModelSignature, Tensor, TensorSpec};
+use std::path::Path;
+use tokenizers::{Tokenizer, TruncationParams};
+
+const NAME: &str = "candle";
+
+/// Input and output names of the `bert_embedding` family.
+pub const TEXT_INPUT: &str = "text";
+pub const EMBEDDING_OUTPUT: &str = "embedding";
+
+/// Loads safetensors model families with Candle (CPU).
+#[derive(Default)]
+pub struct CandleFactory;
+
+impl BackendFactory for CandleFactory {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn platform(&self) -> &'static str {
+        "candle"
+    }
+
+    fn availability(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn load(&self, req: &LoadRequest<'_>) -> Result<Box<dyn Backend>, BackendError> {
+        let err = |message: String| BackendError::Load {
+            backend: NAME,
+            path: req.path.to_path_buf(),
+            message,
+        };
+        match req.config.family.as_deref() {
+            Some("bert_embedding") => Ok(Box::new(BertEmbedding::load(req).map_err(err)?)),
+            Some("mlp") => Ok(Box::new(Mlp::load(req).map_err(err)?)),
+            Some(other) => Err(err(format!(
+                "unknown family '{other}' (expected bert_embedding or mlp)"
+            ))),
+            None => Err(err("backend = \"candle\" needs a family".into())),
+        }
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn weights(path: &Path, device: &Device) -> Result<VarBuilder<'static>, String> {
+    // Read into memory rather than mmap: the file may be replaced while serving.
+    let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    VarBuilder::from_buffered_safetensors(data, DType::F32, device)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn run_err(e: candle_core::Error) -> BackendError {
+    BackendError::Run(e.to_string())
+}
+
+/// BERT sentence embeddings.
+struct BertEmbedding {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    max_len: usize,
+    truncate: bool,
+    signature: ModelSignature,
+    device: Device,
+}
+
+#[derive(serde::Deserialize)]
+struct SentenceBertConfig {
+    max_seq_length: Option<usize>,
+}
+
+impl BertEmbedding {
+    fn load(req: &LoadRequest<'_>) -> Result<Self, String> {
+        let dir = req.path.parent().unwrap_or(Path::new("."));
+        let device = Device::Cpu;
+        let config: BertConfig = read_json(&dir.join("config.json"))?;
+        let model = BertModel::load(weights(req.path, &device)?, &config)
+            .map_err(|e| format!("cannot build BERT from {}: {e}", req.path.display()))?;
+        let tok_path = dir.join("tokenizer.json");
+        let mut tokenizer = Tokenizer::from_file(&tok_path)
+            .map_err(|e| format!("cannot read {}: {e}", tok_path.display()))?;
+        // The model's own limit: sentence-transformers' max_seq_length, else the
+        // position embeddings; the config may lower it.
+        let own = dir
+            .join("sentence_bert_config.json")
+            .is_file()
+            .then(|| read_json::<SentenceBertConfig>(&dir.join("sentence_bert_config.json")))
+            .transpose()?
+            .and_then(|c| c.max_seq_length)
+            .unwrap_or(config.max_position_embeddings);
+        let max_len = req
+            .config
+            .max_sequence_length
+            .unwrap_or(own)
+            .min(config.max_position_embeddings);
+        let truncate = req.config.truncate.unwrap_or(true);
+        // Padding happens per batch, to its longest text, with a real attention mask.
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(truncate.then(|| TruncationParams {
+                max_length: max_len,
+                ..Default::default()
+            }))
+            .map_err(|e| format!("tokenizer truncation: {e}"))?;
+        let signature = ModelSignature {
+            inputs: vec![TensorSpec {
+                name: TEXT_INPUT.into(),
+                dtype: DataType::Bytes,
+                shape: vec![-1],
+            }],
+            outputs: vec![TensorSpec {
+                name: EMBEDDING_OUTPUT.into(),
+                dtype: DataType::Fp32,
+                shape: vec![-1, config.hidden_size as i64],
+            }],
+        };
+        Ok(BertEmbedding {
+            model,
+            tokenizer,
+            max_len,
+            truncate,
+            signature,
+            device,
+        })
+    }
+
+    /// Token ids of each text (special tokens included).
+    fn tokenize(&self, texts: &Tensor) -> Result<Vec<Vec<u32>>, BackendError> {
+        let elements = texts
+            .byte_elements()
+            .map_err(|e| BackendError::InvalidInput(e.to_string()))?;
+        let mut ids = Vec::with_capacity(elements.len());
+        for (i, raw) in elements.iter().enumerate() {
+            let text = std::str::from_utf8(raw).map_err(|e| {
+                BackendError::InvalidInput(format!(
+                    "input '{TEXT_INPUT}' element {i} is not UTF-8 text ({e})"
+                ))
+            })?;
+            let enc = self
+                .tokenizer
+                .encode(text, true)
+                .map_err(|e| BackendError::Run(format!("tokenizer: {e}")))?;
+            if !self.truncate && enc.len() > self.max_len {
+                return Err(BackendError::InvalidInput(format!(
+                    "input '{TEXT_INPUT}' element {i} has {} tokens, over the model's limit of {} (truncate = false)",
+                    enc.len(),
+                    self.max_len
+                )));
+            }
+            ids.push(enc.get_ids().to_vec());
+        }
+        Ok(ids)
+    }
+
+    /// Mean pooling over real tokens, then L2 normalisation.
+    fn embed(&self, ids: &[Vec<u32>]) -> Result<Vec<f32>, candle_core::Error> {
+        let batch = ids.len();
+        let longest = ids.iter().map(Vec::len).max().unwrap_or(0);
+        let mut flat = vec![0u32; batch * longest];
+        let mut mask = vec![0u32; batch * longest];
+        for (row, seq) in ids.iter().enumerate() {
+            flat[row * longest..row * longest + seq.len()].copy_from_slice(seq);
+            mask[row * longest..row * longest + seq.len()].fill(1);
+        }
+        let input_ids = CTensor::from_vec(flat, (batch, longest), &self.device)?;
+        let mask = CTensor::from_vec(mask, (batch, longest), &self.device)?;
+        let type_ids = input_ids.zeros_like()?;
+        let hidden = self.model.forward(&input_ids, &type_ids, Some(&mask))?;
+        let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+        let summed = hidden.broadcast_mul(&m)?.sum(1)?;
+        let counts = m.sum(1)?;
+        let mean = summed.broadcast_div(&counts)?;
+        let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+        mean.broadcast_div(&norm)?.flatten_all()?.to_vec1::<f32>()
+    }
+}
+
+impl Backend for BertEmbedding {
+    fn signature(&self) -> &ModelSignature {
+        &self.signature
+    }
+
+    fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, BackendError> {
+        let texts = inputs
+            .first()
+            .ok_or_else(|| BackendError::Run("no input".into()))?;
+        let hidden = self.signature.outputs[0].shape[1] as usize;
+        let ids = self.tokenize(texts)?;
+        let values = if ids.is_empty() {
+            Vec::new()
+        } else {
+            self.embed(&ids).map_err(run_err)?
+        };
+        Tensor::from_vec(vec![ids.len(), hidden], values)
+            .map(|t| vec![t])
+            .map_err(|e| BackendError::Run(e.to_string()))
+    }
+}
+
+/// A multilayer perceptron: `config.json` says `{"sizes": [in, hidden..., out],
+/// "activation": "relu" | "tanh" | "gelu" | "none"}`; weights are
+/// `layers.{i}.weight` `[out, in]` and `layers.{i}.bias` `[out]`; no activation
+/// after the last layer.
+struct Mlp {
+    layers: Vec<Linear>,
+    activation: Activation,
+    signature: ModelSignature,
+    device: Device,
+}
+
+#[derive(serde::Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum Activation {
+    Relu,
+    Tanh,
+    Gelu,
+    None,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MlpConfig {
+    sizes: Vec<usize>,
+    #[serde(default = "relu")]
+    activation: Activation,
+}
+
+fn relu() -> Activation {
+    Activation::Relu
+}
+
+impl Mlp {
+    fn load(req: &LoadRequest<'_>) -> Result<Self, String> {
+        let dir = req.path.parent().unwrap_or(Path::new("."));
+        let cfg: MlpConfig = read_json(&dir.join("config.json"))?;
+        if cfg.sizes.len() < 2 || cfg.sizes.contains(&0) || cfg.sizes.iter().any(|&s| s > 1 << 20) {
+            return Err(format!(
+                "config.json: sizes {:?} must list at least an input and an output size, each 1 to 1048576",
+                cfg.sizes
+            ));
+        }
+        let device = Device::Cpu;
+        let vb = weights(req.path, &device)?;
+        let mut layers = Vec::new();
+        for (i, pair) in cfg.sizes.windows(2).enumerate() {
+            let l = candle_nn::linear(pair[0], pair[1], vb.pp(format!("layers.{i}")))
+                .map_err(|e| format!("layer {i} ({} -> {}): {e}", pair[0], pair[1]))?;
+            layers.push(l);
+        }
+        let spec = |name: &str, n: usize| TensorSpec {
+            name: name.into(),
+            dtype: DataType::Fp32,
+            shape: vec![-1, n as i64],
+        };
+        Ok(Mlp {
+            layers,
+            activation: cfg.activation,
+            signature: ModelSignature {
+                inputs: vec![spec("INPUT0", cfg.sizes[0])],
+                outputs: vec![spec("OUTPUT0", cfg.sizes[cfg.sizes.len() - 1])],
+            },
+            device,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Vec<f32>, candle_core::Error> {
+        let shape = x.shape();
+        let values = x
+            .to_vec::<f32>()
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let mut h = CTensor::from_vec(values, (shape[0], shape[1]), &self.device)?;
+        for (i, l) in self.layers.iter().enumerate() {
+            h = l.forward(&h)?;
+            if i + 1 < self.layers.len() {
+                h = match self.activation {
+                    Activation::Relu => h.relu()?,
+                    Activation::Tanh => h.tanh()?,
+                    Activation::Gelu => h.gelu_erf()?,
+                    Activation::None => h,
+                };
+            }
+        }
+        h.flatten_all()?.to_vec1::<f32>()
+    }
+}
+
+impl Backend for Mlp {
+    fn signature(&self) -> &ModelSignature {
+        &self.signature
+    }
+
+    fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, BackendError> {
+        let x = inputs
+            .first()
+            .ok_or_else(|| BackendError::Run("no input".into()))?;
+        let rows = x.shape().first().copied().unwrap_or(0);
+        let out = self.signature.outputs[0].shape[1] as usize;
+        let values = if rows == 0 {
+            Vec::new()
+        } else {
+            self.forward(x).map_err(run_err)?
+        };
+        Tensor::from_vec(vec![rows, out], values)
+            .map(|t| vec![t])
+            .map_err(|e| BackendError::Run(e.to_string()))
+    }
+}

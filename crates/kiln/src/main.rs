@@ -5,6 +5,7 @@ mod cli;
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use clap::Parser;
+use kiln_backend_candle::CandleFactory;
 use kiln_backend_ort::OrtFactory;
 use kiln_backend_tract::TractFactory;
 use kiln_core::backend::BackendFactory;
@@ -82,7 +83,8 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
             "ONNX Runtime is not available ({reason}); ONNX models will run on tract"
         ),
     }
-    let backends = Backends::new(Some(ort), Some(Arc::new(TractFactory)));
+    let backends =
+        Backends::new(Some(ort), Some(Arc::new(TractFactory))).with_candle(Arc::new(CandleFactory));
     let core = Core::new(
         CoreOptions {
             repository: args.model_repository.clone(),
