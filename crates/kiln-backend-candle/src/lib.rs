@@ -325,3 +325,76 @@ impl Backend for Mlp {
             .map_err(|e| BackendError::Run(e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_core::config::{BackendChoice, ModelConfigFile};
+    use kiln_core::Version;
+    use std::collections::HashMap;
+
+    fn cfg(family: &str) -> ModelConfigFile {
+        ModelConfigFile {
+            backend: BackendChoice::Candle,
+            family: Some(family.into()),
+            ..Default::default()
+        }
+    }
+
+    fn load(dir: &Path, c: &ModelConfigFile) -> Result<Box<dyn Backend>, BackendError> {
+        CandleFactory.load(&LoadRequest {
+            model_name: "m",
+            version: Version(1),
+            path: &dir.join("model.safetensors"),
+            config: c,
+        })
+    }
+
+    #[test]
+    fn mlp_computes_its_layers() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = Device::Cpu;
+        let mut w = HashMap::new();
+        // 2 -> 2 (relu) -> 1: weights chosen so the result is easy to check by hand.
+        w.insert(
+            "layers.0.weight".to_string(),
+            CTensor::new(&[[1f32, 0.], [0., -1.]], &dev).unwrap(),
+        );
+        w.insert(
+            "layers.0.bias".to_string(),
+            CTensor::new(&[0f32, 0.], &dev).unwrap(),
+        );
+        w.insert(
+            "layers.1.weight".to_string(),
+            CTensor::new(&[[2f32, 3.]], &dev).unwrap(),
+        );
+        w.insert(
+            "layers.1.bias".to_string(),
+            CTensor::new(&[1f32], &dev).unwrap(),
+        );
+        candle_core::safetensors::save(&w, dir.path().join("model.safetensors")).unwrap();
+        std::fs::write(dir.path().join("config.json"), r#"{"sizes": [2, 2, 1]}"#).unwrap();
+        let b = load(dir.path(), &cfg("mlp")).unwrap();
+        assert_eq!(b.signature().inputs[0].shape, vec![-1, 2]);
+        let x = Tensor::from_vec(vec![2, 2], vec![1f32, 1., 2., -3.]).unwrap();
+        let y = b.run(vec![x]).unwrap();
+        // Row 1: relu([1, -1]) = [1, 0] -> 2 + 1 = 3. Row 2: relu([2, 3]) -> 4 + 9 + 1 = 14.
+        assert_eq!(y[0].to_vec::<f32>().unwrap(), vec![3.0, 14.0]);
+        let empty = Tensor::from_vec(vec![0, 2], Vec::<f32>::new()).unwrap();
+        assert_eq!(b.run(vec![empty]).unwrap()[0].shape(), &[0, 1]);
+
+        // Sizes that do not match the weights, a bad family, a missing file.
+        std::fs::write(dir.path().join("config.json"), r#"{"sizes": [3, 2, 1]}"#).unwrap();
+        let e = load(dir.path(), &cfg("mlp")).err().unwrap().to_string();
+        assert!(e.contains("layer 0"), "{e}");
+        std::fs::write(dir.path().join("config.json"), r#"{"sizes": [2]}"#).unwrap();
+        assert!(load(dir.path(), &cfg("mlp")).is_err());
+        let e = load(dir.path(), &cfg("gpt")).err().unwrap().to_string();
+        assert!(e.contains("unknown family"), "{e}");
+        let e = load(dir.path(), &cfg("bert_embedding"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("config.json"), "{e}");
+    }
+}
