@@ -51,6 +51,7 @@ fn scheduler(max_batch_size: usize, delay: Duration) -> Scheduler {
         preferred_batch_sizes: vec![],
         max_queue_size: 1024,
         instances: 1,
+        max_batch_cost: None,
     };
     Scheduler::start(
         cfg,

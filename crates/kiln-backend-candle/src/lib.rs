@@ -200,6 +200,20 @@ impl Backend for BertEmbedding {
         &self.signature
     }
 
+    /// Tokens of the longest text, estimated without tokenising: WordPiece makes
+    /// at most one token per byte, plus [CLS] and [SEP]; capped at the limit.
+    fn row_cost(&self, inputs: &[Tensor]) -> Option<usize> {
+        let longest = inputs
+            .first()?
+            .byte_elements()
+            .ok()?
+            .iter()
+            .map(|t| t.len())
+            .max()
+            .unwrap_or(0);
+        Some((longest + 2).min(self.max_len))
+    }
+
     fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, BackendError> {
         let texts = inputs
             .first()

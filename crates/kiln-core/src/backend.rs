@@ -49,6 +49,12 @@ pub trait Backend: Send + Sync {
     /// Runs the model. `inputs` follow `signature().inputs` in order and have been
     /// validated against it; the result follows `signature().outputs`.
     fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, BackendError>;
+    /// The cost of one row of a request, for `max_batch_tokens` (an execution costs
+    /// its rows times its costliest row, as with padding). Called when the request
+    /// is queued, so it must be cheap. `None`: every row costs 1.
+    fn row_cost(&self, _inputs: &[Tensor]) -> Option<usize> {
+        None
+    }
 }
 
 /// Loads models for one runtime.

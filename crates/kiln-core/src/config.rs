@@ -270,6 +270,9 @@ pub struct ModelConfigFile {
     /// Candle text models: cut texts longer than `max_sequence_length` (default
     /// true) or reject them (400 / INVALID_ARGUMENT).
     pub truncate: Option<bool>,
+    /// Token budget of one batched execution: rows times the longest row's tokens
+    /// (an upper estimate made when the request is queued). Default: none.
+    pub max_batch_tokens: Option<usize>,
     #[serde(default)]
     pub input: Vec<TensorConfig>,
     #[serde(default)]

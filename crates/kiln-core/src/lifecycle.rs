@@ -415,6 +415,7 @@ impl Core {
                 .collect(),
             max_queue_size: cfg.queue_size(),
             instances: cfg.instances(),
+            max_batch_cost: cfg.max_batch_tokens,
         };
         let scheduler = Scheduler::start(scheduling, backend, metrics.clone(), stats.clone())
             .map_err(|e| format!("cannot start compute threads: {e}"))?;

@@ -43,6 +43,9 @@ pub struct SchedulerConfig {
     pub max_queue_size: usize,
     /// Backend instances (threads) running executions in parallel.
     pub instances: usize,
+    /// Most cost one execution carries: its rows times the largest row cost the
+    /// backend reports (for text models, tokens after padding). `None`: rows only.
+    pub max_batch_cost: Option<usize>,
 }
 
 impl SchedulerConfig {
@@ -67,6 +70,8 @@ pub struct Computed {
 struct Job {
     inputs: Vec<Tensor>,
     rows: usize,
+    /// The backend's cost of one row of this request (e.g. its longest text's tokens).
+    cost: usize,
     enqueued: Instant,
     deadline: Option<Instant>,
     reply: oneshot::Sender<Computed>,
@@ -197,9 +202,11 @@ impl Scheduler {
                 sh.cfg.max_queue_size
             )));
         }
+        let cost = sh.backend.row_cost(&inputs).unwrap_or(1).max(1);
         st.jobs.push_back(Job {
             inputs,
             rows,
+            cost,
             enqueued: Instant::now(),
             deadline,
             reply,
@@ -280,9 +287,9 @@ fn next_batch(sh: &Shared) -> Option<Vec<Job>> {
             continue;
         }
         let take = if cfg.batches() {
-            let (rows, picks) = compatible(&st.jobs, cfg.max_batch_size);
+            let (rows, picks, full) = compatible(&st.jobs, cfg.max_batch_size, cfg.max_batch_cost);
             let dispatch_at = st.jobs[0].enqueued + cfg.max_queue_delay;
-            let ready = rows >= cfg.max_batch_size
+            let ready = full
                 || cfg.preferred_batch_sizes.contains(&rows)
                 || now >= dispatch_at
                 || st.closed;
@@ -319,21 +326,30 @@ fn next_batch(sh: &Shared) -> Option<Vec<Job>> {
 }
 
 /// Indices of the queued requests the head's batch would take (head first, in
-/// queue order, within `max_rows`), and their rows.
-fn compatible(jobs: &VecDeque<Job>, max_rows: usize) -> (usize, Vec<usize>) {
+/// queue order, within `max_rows` and the cost budget), their rows, and whether
+/// the batch is full (no further row would fit).
+fn compatible(
+    jobs: &VecDeque<Job>,
+    max_rows: usize,
+    max_cost: Option<usize>,
+) -> (usize, Vec<usize>, bool) {
     let head = &jobs[0];
     let mut rows = head.rows;
+    let mut cost = head.cost;
     let mut picks = vec![0];
+    let within = |rows: usize, cost: usize| max_cost.is_none_or(|b| rows.saturating_mul(cost) <= b);
     for (i, j) in jobs.iter().enumerate().skip(1) {
-        if rows >= max_rows {
+        if rows >= max_rows || !within(rows + 1, cost) {
             break;
         }
-        if rows + j.rows <= max_rows && head.fits(j) {
+        if rows + j.rows <= max_rows && head.fits(j) && within(rows + j.rows, cost.max(j.cost)) {
             rows += j.rows;
+            cost = cost.max(j.cost);
             picks.push(i);
         }
     }
-    (rows, picks)
+    let full = rows >= max_rows || !within(rows + 1, cost);
+    (rows, picks, full)
 }
 
 /// Takes the jobs at ascending `indices` out of the queue, keeping the rest in order.
@@ -517,6 +533,10 @@ mod tests {
                 Tensor::from_vec(inputs[0].shape().to_vec(), doubled).unwrap()
             ])
         }
+        /// A row costs its width (as a text costs its tokens).
+        fn row_cost(&self, inputs: &[Tensor]) -> Option<usize> {
+            inputs[0].shape().get(1).copied()
+        }
     }
 
     fn doubler(delay: Duration) -> Arc<Doubler> {
@@ -551,6 +571,7 @@ mod tests {
             preferred_batch_sizes: vec![],
             max_queue_size: queue,
             instances,
+            max_batch_cost: None,
         }
     }
 
@@ -726,6 +747,28 @@ mod tests {
             later.outputs.unwrap()[0].to_vec::<f32>().unwrap(),
             vec![8.0]
         );
+    }
+
+    #[tokio::test]
+    async fn a_cost_budget_caps_batches() {
+        let b = doubler(Duration::from_millis(30));
+        let mut c = cfg(8, 0, 64, 1);
+        c.max_batch_cost = Some(8);
+        let (s, _) = start(c, b.clone());
+        let first = s.submit(rows(1, 4, 1.0), 1, None).unwrap();
+        wait_taken(&s);
+        // Width 4 costs 4 a row: a budget of 8 takes two rows at a time, though
+        // max_batch_size would take 8; a request over budget on its own still runs.
+        let rest: Vec<_> = (0..5)
+            .map(|i| s.submit(rows(1, 4, i as f32), 1, None).unwrap())
+            .collect();
+        let wide = s.submit(rows(1, 16, 0.0), 1, None).unwrap();
+        assert!(first.await.unwrap().outputs.is_ok());
+        for r in rest {
+            assert!(r.await.unwrap().outputs.is_ok());
+        }
+        assert!(wide.await.unwrap().outputs.is_ok());
+        assert_eq!(*b.executions.lock().unwrap(), vec![1, 2, 2, 1, 1]);
     }
 
     #[tokio::test]
