@@ -184,3 +184,20 @@ def test_mlp_family_matches_numpy():
     finally:
         k.stop()
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_text_input_is_described_as_triton_does_and_accepts_both_shapes(server, reference):
+    c = httpclient.InferenceServerClient(server.http_url)
+    cfg = c.get_model_config("minilm")
+    assert cfg["input"][0]["dims"] == [1] and cfg["input"][0]["reshape"] == {"shape": []}
+    assert c.get_model_metadata("minilm")["inputs"][0]["shape"] == [-1, 1]
+    g = grpcclient.InferenceServerClient(server.grpc_url)
+    gcfg = g.get_model_config("minilm", as_json=True)["config"]
+    assert gcfg["input"][0]["dims"] == ["1"] and "reshape" in gcfg["input"][0]
+    # [batch, 1] (what perf_analyzer sends) and [batch] give the same vectors.
+    texts = [r["text"] for r in reference[:3]]
+    inp = httpclient.InferInput("text", [3, 1], "BYTES")
+    inp.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=np.object_))
+    got = c.infer("minilm", [inp]).as_numpy("embedding")
+    assert got.shape == (3, 384)
+    assert np.abs(got - embed(server, texts, "http-json")).max() < 1e-6

@@ -86,7 +86,18 @@ pub fn validate(
                 spec.name, spec.dtype, spec.shape
             )));
         };
-        let g = given.swap_remove(pos);
+        let mut g = given.swap_remove(pos);
+        if crate::config::scalar_per_row(spec, max_batch_size)
+            && g.tensor.shape().len() == 2
+            && g.tensor.shape()[1] == 1
+        {
+            // `[batch, 1]` for a `[batch]` input: Triton's `reshape: { shape: [] }`.
+            let b = g.tensor.shape()[0];
+            g.tensor = g
+                .tensor
+                .reshape(vec![b])
+                .map_err(|e| KilnError::invalid(e.to_string()))?;
+        }
         let t = &g.tensor;
         if t.dtype() != spec.dtype {
             return Err(KilnError::invalid(format!(

@@ -34,6 +34,8 @@ pub enum TensorError {
     },
     #[error("cannot batch tensors: {0}")]
     Batch(String),
+    #[error("{0}")]
+    Shape(String),
     #[error("tensor is {actual}, not {expected}")]
     WrongType {
         expected: DataType,
@@ -179,6 +181,19 @@ impl Tensor {
     pub fn element_count(&self) -> usize {
         // Checked at construction.
         self.shape.iter().product()
+    }
+
+    /// The same elements under another shape with the same element count.
+    pub fn reshape(mut self, shape: Vec<usize>) -> Result<Self, TensorError> {
+        let count = element_count(&shape)?;
+        if count != self.element_count() {
+            return Err(TensorError::Shape(format!(
+                "cannot view {} elements as {shape:?}",
+                self.element_count()
+            )));
+        }
+        self.shape = shape;
+        Ok(self)
     }
 
     /// Raw row-major bytes (BYTES in length-prefixed form).

@@ -11,7 +11,7 @@ pub mod pb {
 }
 
 use futures_util::{Stream, StreamExt};
-use kiln_core::config::{config_dims, VersionPolicy};
+use kiln_core::config::{config_dims, input_config_dims, scalar_per_row, VersionPolicy};
 use kiln_core::{Core, ErrorKind, KilnError, ModelVersion};
 use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use pb::*;
@@ -121,7 +121,8 @@ fn model_config(mv: &ModelVersion) -> ModelConfig {
             .map(|s| ModelInput {
                 name: s.name.clone(),
                 data_type: convert::config_type(s.dtype) as i32,
-                dims: config_dims(s, mb),
+                dims: input_config_dims(s, mb),
+                reshape: scalar_per_row(s, mb).then(|| ModelTensorReshape { shape: vec![] }),
                 ..Default::default()
             })
             .collect(),
@@ -289,6 +290,7 @@ impl GrpcInferenceService for InferenceService {
             datatype: s.dtype.as_str().to_string(),
             shape: s.shape.clone(),
         };
+        let mb = mv.max_batch_size;
         Ok(Response::new(ModelMetadataResponse {
             name: mv.name.clone(),
             versions: self
@@ -298,7 +300,15 @@ impl GrpcInferenceService for InferenceService {
                 .map(|v| v.to_string())
                 .collect(),
             platform: mv.platform.to_string(),
-            inputs: mv.signature.inputs.iter().map(meta).collect(),
+            inputs: mv
+                .signature
+                .inputs
+                .iter()
+                .map(|s| model_metadata_response::TensorMetadata {
+                    shape: kiln_core::config::input_metadata_shape(s, mb),
+                    ..meta(s)
+                })
+                .collect(),
             outputs: mv.signature.outputs.iter().map(meta).collect(),
         }))
     }

@@ -1,7 +1,7 @@
 //! JSON shapes of metadata, model config and the repository index.
 
-use kiln_core::config::config_dims;
 use kiln_core::config::VersionPolicy;
+use kiln_core::config::{config_dims, input_config_dims, input_metadata_shape, scalar_per_row};
 use kiln_core::stats::{StatDuration, StatsSnapshot};
 use kiln_core::{IndexEntry, LoadReport, ModelVersion, TensorSpec, TrafficView, Version};
 use serde_json::{json, Value};
@@ -16,7 +16,11 @@ pub fn metadata(mv: &ModelVersion, versions: &[Version]) -> Value {
         "name": mv.name,
         "versions": versions.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
         "platform": mv.platform,
-        "inputs": mv.signature.inputs.iter().map(tensor).collect::<Vec<_>>(),
+        "inputs": mv.signature.inputs.iter().map(|s| {
+            let mut t = tensor(s);
+            t["shape"] = json!(input_metadata_shape(s, mv.max_batch_size));
+            t
+        }).collect::<Vec<_>>(),
         "outputs": mv.signature.outputs.iter().map(tensor).collect::<Vec<_>>(),
     })
 }
@@ -30,13 +34,19 @@ pub fn config(mv: &ModelVersion) -> Value {
         "backend": mv.backend,
         "version_policy": version_policy(&mv.config.version_policy()),
         "max_batch_size": mb,
-        "input": mv.signature.inputs.iter().map(|s| json!({
-            "name": s.name,
-            "data_type": s.dtype.config_name(),
-            "format": "FORMAT_NONE",
-            "dims": config_dims(s, mb),
-            "optional": false,
-        })).collect::<Vec<_>>(),
+        "input": mv.signature.inputs.iter().map(|s| {
+            let mut i = json!({
+                "name": s.name,
+                "data_type": s.dtype.config_name(),
+                "format": "FORMAT_NONE",
+                "dims": input_config_dims(s, mb),
+                "optional": false,
+            });
+            if scalar_per_row(s, mb) {
+                i["reshape"] = json!({ "shape": [] });
+            }
+            i
+        }).collect::<Vec<_>>(),
         "output": mv.signature.outputs.iter().map(|s| json!({
             "name": s.name,
             "data_type": s.dtype.config_name(),
