@@ -178,11 +178,10 @@ impl Core {
         let slot = self.slot_or_insert(name);
         let mut applied = lock(&slot.load);
         let print = repository::model_print(&dir);
-        applied.print = Some(print);
+        applied.print = Some(print.clone());
         let current = slot.served.load_full();
         let keep_serving = |reason: String, version: Option<Version>| {
-            tracing::error!(model = %name, version = ?version.map(|v| v.0), "failed to load: {reason}");
-            metrics::counter!(m::MODEL_LOAD_FAILURES, "model" => name.to_string(), "version" => version.map(|v| v.to_string()).unwrap_or_default()).increment(1);
+            report_failure(name, version, &reason);
             let mut index = current.ready_lines();
             index.push(IndexEntry {
                 name: name.to_string(),
@@ -234,7 +233,8 @@ impl Core {
         let mut to_load = Vec::new();
         for &v in &wanted {
             let path = dir.version_path(v).unwrap_or(&dir.path).to_path_buf();
-            let files = repository::files_print(&path);
+            // Taken once with the model's fingerprint, not read again.
+            let files = print.files(v).cloned().unwrap_or_default();
             match current.versions.get(&v) {
                 Some(mv) if mv.files == files && mv.config.for_versions() == key => {
                     next.insert(v, mv.clone());
@@ -277,8 +277,7 @@ impl Core {
                     loaded.push(v);
                 }
                 Err(reason) => {
-                    tracing::error!(model = %name, version = v.0, "failed to load: {reason}");
-                    metrics::counter!(m::MODEL_LOAD_FAILURES, "model" => name.to_string(), "version" => v.to_string()).increment(1);
+                    report_failure(name, Some(v), &reason);
                     if let Some(old) = current.versions.get(&v) {
                         next.insert(v, old.clone());
                     }
@@ -490,6 +489,12 @@ impl Core {
             }
         }
     }
+}
+
+/// Logs and counts a failed load (`version` `None`: the model's config or folder).
+fn report_failure(name: &str, version: Option<Version>, reason: &str) {
+    tracing::error!(model = %name, version = ?version.map(|v| v.0), "failed to load: {reason}");
+    metrics::counter!(m::MODEL_LOAD_FAILURES, "model" => name.to_string(), "version" => version.map(|v| v.to_string()).unwrap_or_default()).increment(1);
 }
 
 /// Runs one synthetic request (zeros, batch 1, variable dimensions 1, empty

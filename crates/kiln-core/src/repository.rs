@@ -135,6 +135,13 @@ pub struct ModelPrint {
     versions: Vec<(Version, FilesPrint)>,
 }
 
+impl ModelPrint {
+    /// The fingerprint of one version folder, as taken with the rest.
+    pub fn files(&self, v: Version) -> Option<&FilesPrint> {
+        self.versions.iter().find(|(n, _)| *n == v).map(|(_, f)| f)
+    }
+}
+
 pub fn model_print(dir: &ModelDir) -> ModelPrint {
     ModelPrint {
         config: std::fs::read(dir.path.join(CONFIG_FILE)).ok(),

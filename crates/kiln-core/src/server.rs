@@ -12,7 +12,8 @@ use crate::scheduler::{Computed, Scheduler, SchedulerConfig};
 use crate::stats::{StatsSnapshot, VersionStats};
 use crate::tensor::Tensor;
 use crate::traffic::{
-    self, HealthRecorder, RollbackWindow, TrafficState, TrafficUpdate, LABEL_CANARY, LABEL_STABLE,
+    self, HealthRecorder, RollbackWindow, TrafficPolicy, TrafficState, TrafficUpdate, LABEL_CANARY,
+    LABEL_STABLE,
 };
 use crate::Backends;
 use arc_swap::ArcSwap;
@@ -155,17 +156,15 @@ impl Served {
     }
 
     /// The version unpinned traffic goes to when no canary takes it.
-    fn stable(&self, t: &TrafficState) -> Option<&Arc<ModelVersion>> {
-        t.policy
-            .stable
+    fn stable(&self, p: &TrafficPolicy) -> Option<&Arc<ModelVersion>> {
+        p.stable
             .and_then(|v| self.versions.get(&v))
             .or_else(|| self.versions.values().next_back())
     }
 
-    fn canary(&self, t: &TrafficState) -> Option<&Arc<ModelVersion>> {
-        let stable = self.stable(t)?.version;
-        t.policy
-            .canary
+    fn canary(&self, p: &TrafficPolicy) -> Option<&Arc<ModelVersion>> {
+        let stable = self.stable(p)?.version;
+        p.canary
             .filter(|&c| c != stable)
             .and_then(|c| self.versions.get(&c))
     }
@@ -324,8 +323,8 @@ impl Core {
         };
         let primary = match version.filter(|v| !v.is_empty()) {
             None | Some(LABEL_STABLE) => {
-                let stable = served.stable(&traffic).ok_or_else(no_version)?;
-                match served.canary(&traffic) {
+                let stable = served.stable(&traffic.policy).ok_or_else(no_version)?;
+                match served.canary(&traffic.policy) {
                     Some(c)
                         if split
                             && version.is_none_or(str::is_empty)
@@ -336,7 +335,7 @@ impl Core {
                     _ => stable,
                 }
             }
-            Some(LABEL_CANARY) => served.canary(&traffic).ok_or_else(|| {
+            Some(LABEL_CANARY) => served.canary(&traffic.policy).ok_or_else(|| {
                 KilnError::not_found(format!("model '{name}' has no canary version serving"))
             })?,
             Some(v) => {
@@ -425,8 +424,8 @@ impl Core {
         Ok(TrafficView {
             name: name.to_string(),
             versions: served.versions.keys().copied().collect(),
-            stable: served.stable(&state).map(|v| v.version),
-            canary: served.canary(&state).map(|v| v.version),
+            stable: served.stable(&state.policy).map(|v| v.version),
+            canary: served.canary(&state.policy).map(|v| v.version),
             state,
         })
     }
@@ -460,15 +459,7 @@ impl Core {
                     }
                 }
             }
-            if policy.canary.is_some()
-                && policy.canary
-                    == served
-                        .stable(&TrafficState {
-                            policy: policy.clone(),
-                            source: traffic::PolicySource::Api,
-                            rolled_back: None,
-                        })
-                        .map(|v| v.version)
+            if policy.canary.is_some() && policy.canary == served.stable(&policy).map(|v| v.version)
             {
                 return Err(KilnError::invalid(format!(
                     "the canary of '{name}' must differ from its stable version"
@@ -505,8 +496,8 @@ impl Core {
             let state = slot.traffic.load();
             let watched = match (
                 &state.policy.rollback,
-                served.canary(&state),
-                served.stable(&state),
+                served.canary(&state.policy),
+                served.stable(&state.policy),
             ) {
                 (Some(rb), Some(c), Some(s))
                     if state.policy.canary_percent > 0.0 && state.rolled_back.is_none() =>

@@ -82,25 +82,23 @@ fn load_config(
             "parameter '{k}': loading model files through the API is not supported; place them in the repository"
         )));
     }
-    match params
+    let text = match params
         .get("config")
         .and_then(|p| p.parameter_choice.as_ref())
     {
-        None => Ok(None),
-        Some(P::StringParam(text)) => kiln_core::config::ModelConfigFile::parse_override(text)
-            .map(Some)
-            .map_err(|e| Status::invalid_argument(e.to_string())),
+        None => return Ok(None),
+        Some(P::StringParam(text)) => text.as_str(),
         Some(P::BytesParam(b)) => std::str::from_utf8(b)
-            .map_err(|_| Status::invalid_argument("parameter 'config' is not UTF-8"))
-            .and_then(|text| {
-                kiln_core::config::ModelConfigFile::parse_override(text)
-                    .map(Some)
-                    .map_err(|e| Status::invalid_argument(e.to_string()))
-            }),
-        Some(_) => Err(Status::invalid_argument(
-            "parameter 'config' must be a string",
-        )),
-    }
+            .map_err(|_| Status::invalid_argument("parameter 'config' is not UTF-8"))?,
+        Some(_) => {
+            return Err(Status::invalid_argument(
+                "parameter 'config' must be a string",
+            ))
+        }
+    };
+    kiln_core::config::ModelConfigFile::parse_override(text)
+        .map(Some)
+        .map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 fn version_arg(v: &str) -> Option<&str> {
@@ -397,9 +395,11 @@ impl GrpcInferenceService for InferenceService {
         r: Request<RepositoryIndexRequest>,
     ) -> Result<Response<RepositoryIndexResponse>, Status> {
         let r = r.into_inner();
-        let models = self
-            .core
-            .index(r.ready)
+        // The index lists the repository's folders too: file-system work, off the runtime.
+        let core = self.core.clone();
+        let models = tokio::task::spawn_blocking(move || core.index(r.ready))
+            .await
+            .map_err(|_| Status::internal("the index panicked"))?
             .into_iter()
             .map(|e| repository_index_response::ModelIndex {
                 name: e.name,

@@ -252,7 +252,12 @@ async fn repository_index(State(s): State<AppState>, body: Body) -> Result<Respo
         })?;
         v.get("ready").and_then(|r| r.as_bool()).unwrap_or(false)
     };
-    Ok(Json(views::index(&s.core.index(ready_only))).into_response())
+    // The index lists the repository's folders too: file-system work, off the runtime.
+    let core = s.core.clone();
+    let index = tokio::task::spawn_blocking(move || core.index(ready_only))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the index panicked"))?;
+    Ok(Json(views::index(&index)).into_response())
 }
 
 /// Parses an optional JSON object body (empty means `{}`).
@@ -293,17 +298,11 @@ async fn repository_load(
             format!("parameter '{k}': loading model files through the API is not supported; place them in the repository"),
         ));
     }
-    let config = match params.get("config") {
+    let text = match params.get("config") {
         None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(text)) => Some(
-            kiln_core::config::ModelConfigFile::parse_override(text)
-                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?,
-        ),
+        Some(serde_json::Value::String(text)) => Some(text.clone()),
         // A JSON object in place of a string is taken as it is.
-        Some(obj @ serde_json::Value::Object(_)) => Some(
-            kiln_core::config::ModelConfigFile::parse_override(&obj.to_string())
-                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?,
-        ),
+        Some(obj @ serde_json::Value::Object(_)) => Some(obj.to_string()),
         Some(_) => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -311,14 +310,31 @@ async fn repository_load(
             ))
         }
     };
+    let config = text
+        .map(|t| kiln_core::config::ModelConfigFile::parse_override(&t))
+        .transpose()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     let core = s.core.clone();
     let name = model.clone();
-    let report = tokio::task::spawn_blocking(move || core.load(&name, config))
+    let report = blocking(move || core.load(&name, config), "load").await?;
+    Ok(Json(views::load_report(&model, &report)).into_response())
+}
+
+/// Runs a repository operation (file reads, model loads, thread joins) off the
+/// async runtime.
+async fn blocking(
+    f: impl FnOnce() -> Result<kiln_core::LoadReport, KilnError> + Send + 'static,
+    what: &str,
+) -> Result<kiln_core::LoadReport, ApiError> {
+    tokio::task::spawn_blocking(f)
         .await
         .map_err(|_| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the model load panicked")
-        })??;
-    Ok(Json(views::load_report(&model, &report)).into_response())
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the model {what} panicked"),
+            )
+        })?
+        .map_err(ApiError::from)
 }
 
 async fn repository_unload(
@@ -330,14 +346,7 @@ async fn repository_unload(
     json_body(body, s.opts.max_body_bytes).await?;
     let core = s.core.clone();
     let name = model.clone();
-    let report = tokio::task::spawn_blocking(move || core.unload(&name))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the model unload panicked",
-            )
-        })??;
+    let report = blocking(move || core.unload(&name), "unload").await?;
     Ok(Json(views::load_report(&model, &report)).into_response())
 }
 
