@@ -19,7 +19,7 @@ use crate::Backends;
 use arc_swap::ArcSwap;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -201,6 +201,10 @@ pub(crate) struct Inner {
     pub(crate) models: ArcSwap<HashMap<String, Arc<ModelSlot>>>,
     pub(crate) loaded: AtomicBool,
     draining: AtomicBool,
+    /// Inference requests between their admission and their answer.
+    in_flight: AtomicUsize,
+    /// Woken when `in_flight` falls to 0 while draining.
+    idle: tokio::sync::Notify,
     /// Serialises changes to the table (readers never take it).
     pub(crate) write: Mutex<()>,
 }
@@ -209,6 +213,20 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct Core {
     pub(crate) inner: Arc<Inner>,
+}
+
+/// One admitted inference request; dropping it (answer sent, or the client
+/// went away) lets a drain finish.
+struct InFlight(Arc<Inner>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.0.draining.load(Ordering::SeqCst)
+        {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 /// Server metadata (`GET /v2`).
@@ -247,6 +265,8 @@ impl Core {
                 models: ArcSwap::from_pointee(HashMap::new()),
                 loaded: AtomicBool::new(false),
                 draining: AtomicBool::new(false),
+                in_flight: AtomicUsize::new(0),
+                idle: tokio::sync::Notify::new(),
                 write: Mutex::new(()),
             }),
         }
@@ -279,9 +299,46 @@ impl Core {
             })
     }
 
-    /// Readiness goes false; requests in flight finish.
+    /// Readiness goes false and new inference requests are refused as
+    /// unavailable; requests already admitted (queued or computing) finish.
     pub fn begin_drain(&self) {
         self.inner.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`Core::begin_drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::SeqCst)
+    }
+
+    /// Inference requests admitted and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once draining has begun and no admitted request is left.
+    pub async fn drained(&self) {
+        loop {
+            let idle = self.inner.idle.notified();
+            tokio::pin!(idle);
+            // Registers the waiter before the check, so a wake-up in between is kept.
+            idle.as_mut().enable();
+            if self.is_draining() && self.in_flight() == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+
+    /// Counts a request as in flight, unless the server is draining. The count
+    /// goes up before draining is read: a request that is admitted is therefore
+    /// always seen by [`Core::drained`].
+    fn admit(&self) -> Result<InFlight, KilnError> {
+        self.inner.in_flight.fetch_add(1, Ordering::SeqCst);
+        let ticket = InFlight(self.inner.clone());
+        if self.is_draining() {
+            return Err(KilnError::unavailable("the server is shutting down"));
+        }
+        Ok(ticket)
     }
 
     pub fn server_metadata(&self) -> ServerMetadata {
@@ -540,9 +597,7 @@ impl Core {
     /// backend.
     pub async fn infer(&self, req: InferRequest) -> Result<InferResponse, KilnError> {
         let started = Instant::now();
-        if self.inner.draining.load(Ordering::SeqCst) {
-            return Err(KilnError::unavailable("the server is shutting down"));
-        }
+        let _admitted = self.admit()?;
         let Route {
             primary: mv,
             shadow,

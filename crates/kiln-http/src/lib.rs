@@ -111,11 +111,34 @@ pub fn router(core: Core, opts: HttpOptions) -> Router {
     if opts.metrics.is_some() {
         r = r.route("/metrics", get(metrics));
     }
+    let state = AppState { core, opts };
     r.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Bodies are read and limited by the handlers, which answer in the protocol's form.
         .layer(DefaultBodyLimit::disable())
-        .with_state(AppState { core, opts })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            close_while_draining,
+        ))
+        .with_state(state)
+}
+
+/// While the server drains, every answer says `Connection: close`, so that
+/// keep-alive clients reconnect (through the load balancer, to another replica)
+/// instead of sending more requests here.
+async fn close_while_draining(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut resp = next.run(req).await;
+    if s.core.is_draining() {
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    resp
 }
 
 async fn not_found() -> ApiError {

@@ -26,7 +26,10 @@ fn main() -> anyhow::Result<()> {
         .thread_name("kiln-io")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run(args))
+    let result = runtime.block_on(run(args));
+    // A model load still running on a blocking thread must not hold the exit up.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 fn init_logging(verbose: u8) {
@@ -95,6 +98,9 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
         },
         backends,
     );
+
+    let stop_signal = stop_signal()?;
+    tokio::pin!(stop_signal);
 
     // Bind first, so that liveness answers while models load.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -170,7 +176,7 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
             r.context("model loading panicked")?.context("cannot load the model repository")?;
             tracing::info!("model repository loaded; ready: {}", core.is_ready());
         }
-        _ = shutdown_signal() => return shutdown(core, stop_tx, servers, args.exit_timeout_secs).await,
+        _ = &mut stop_signal => return shutdown(core, stop_tx, servers, args.exit_timeout_secs).await,
         Some(r) = servers.join_next() => return r.context("server task panicked")?,
     }
     if args.model_control_mode == cli::ControlModeArg::Poll {
@@ -190,7 +196,7 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
         }
     });
     tokio::select! {
-        _ = shutdown_signal() => shutdown(core, stop_tx, servers, args.exit_timeout_secs).await,
+        _ = &mut stop_signal => shutdown(core, stop_tx, servers, args.exit_timeout_secs).await,
         Some(r) = servers.join_next() => r.context("server task panicked")?,
     }
 }
@@ -238,45 +244,81 @@ async fn serve_axum(
         .with_context(|| format!("{what} server failed"))
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves at the first SIGTERM or SIGINT. The handlers are installed when this
+/// is called (not when the future is first polled), and one future serves the
+/// whole run, so a signal that arrives between two `select!`s is not lost.
+fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+        })
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+    }
 }
 
-/// Readiness goes false, listeners stop accepting, requests in flight finish
-/// (up to `exit_timeout_secs`), then the process exits.
+/// Graceful stop, within `exit_timeout_secs` in all:
+/// 1. readiness goes false and new inference requests are answered 503 /
+///    UNAVAILABLE, while the listeners stay open (health, metadata and metrics
+///    keep answering, so probes and scrapers see the drain);
+/// 2. the requests already admitted (queued or computing) finish;
+/// 3. the listeners close, letting responses being written complete;
+/// 4. the process exits 0 (with a warning when requests were still running at
+///    the deadline).
 async fn shutdown(
     core: Core,
     stop: watch::Sender<bool>,
     mut servers: tokio::task::JoinSet<anyhow::Result<()>>,
     exit_timeout_secs: u64,
 ) -> anyhow::Result<()> {
-    tracing::info!("shutting down: draining requests in flight");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(exit_timeout_secs);
     core.begin_drain();
-    let _ = stop.send(true);
-    let drained = tokio::time::timeout(Duration::from_secs(exit_timeout_secs), async {
-        while let Some(r) = servers.join_next().await {
-            if let Ok(Err(e)) = r {
-                tracing::warn!("{e:#}");
-            }
-        }
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!("requests still in flight after {exit_timeout_secs}s; exiting anyway");
+    tracing::info!(
+        "shutting down: not ready, refusing new requests, {} in flight",
+        core.in_flight()
+    );
+    if tokio::time::timeout_at(deadline, core.drained())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "{} requests still in flight after {exit_timeout_secs}s; exiting anyway",
+            core.in_flight()
+        );
+    } else {
+        tracing::info!("requests in flight finished; closing the listeners");
     }
+    let _ = stop.send(true);
+    // Connections close once their current response is written; idle keep-alive
+    // connections close at once.
+    let closed = tokio::time::timeout_at(
+        deadline.max(tokio::time::Instant::now() + CLOSE_GRACE),
+        async {
+            while let Some(r) = servers.join_next().await {
+                if let Ok(Err(e)) = r {
+                    tracing::warn!("{e:#}");
+                }
+            }
+        },
+    )
+    .await;
+    if closed.is_err() {
+        tracing::warn!("connections still open at the deadline; exiting anyway");
+    }
+    tracing::info!("stopped");
     Ok(())
 }
+
+/// The least time connections get to finish writing after the listeners close.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
