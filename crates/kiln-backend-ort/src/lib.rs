@@ -126,7 +126,12 @@ impl OrtFactory {
             let built = std::panic::catch_unwind(|| {
                 ort::init_from(&lib)
                     .map_err(|e| e.to_string())
-                    .and_then(|b| b.with_name("kiln").build().map_err(|e| e.to_string()))
+                    .and_then(|b| {
+                        b.with_name("kiln")
+                            .with_telemetry(false)
+                            .build()
+                            .map_err(|e| e.to_string())
+                    })
             })
             .map_err(|_| {
                 format!(

@@ -21,6 +21,12 @@ use tokio_stream::StreamExt;
 fn main() -> anyhow::Result<()> {
     let args = cli::Args::parse();
     init_logging(args.log_verbose);
+    // ONNX Runtime 1.31 sends usage telemetry unless told not to, and a server
+    // must not phone home. Set while the process has a single thread (set
+    // ORT_DISABLE_TELEMETRY=0 to let it).
+    if std::env::var_os("ORT_DISABLE_TELEMETRY").is_none() {
+        std::env::set_var("ORT_DISABLE_TELEMETRY", "1");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("kiln-io")
