@@ -15,6 +15,7 @@ pub const BATCH_SIZE: &str = "kiln_batch_size";
 pub const INFERENCES_TOTAL: &str = "kiln_inferences_total";
 pub const EXECUTIONS_TOTAL: &str = "kiln_executions_total";
 pub const QUEUE_DEPTH: &str = "kiln_queue_depth";
+pub const QUEUE_CAPACITY: &str = "kiln_queue_capacity";
 pub const INFLIGHT_REQUESTS: &str = "kiln_inflight_requests";
 pub const MODEL_LOAD_DURATION: &str = "kiln_model_load_duration_seconds";
 pub const MODEL_LOAD_FAILURES: &str = "kiln_model_load_failures_total";
@@ -107,6 +108,10 @@ pub fn describe() {
     describe_counter!(EXECUTIONS_TOTAL, "Backend executions (batches run).");
     describe_gauge!(QUEUE_DEPTH, "Requests waiting in the version's queue.");
     describe_gauge!(
+        QUEUE_CAPACITY,
+        "Requests the version's queue holds before refusing more (max_queue_size)."
+    );
+    describe_gauge!(
         INFLIGHT_REQUESTS,
         "Requests inside the version: queued, computing or being answered."
     );
@@ -156,6 +161,7 @@ pub struct VersionMetrics {
     pub inferences: Counter,
     pub executions: Counter,
     pub queue_depth: Gauge,
+    pub queue_capacity: Gauge,
     pub inflight: Gauge,
 }
 
@@ -175,6 +181,7 @@ impl VersionMetrics {
             inferences: metrics::counter!(INFERENCES_TOTAL, &labels),
             executions: metrics::counter!(EXECUTIONS_TOTAL, &labels),
             queue_depth: metrics::gauge!(QUEUE_DEPTH, &labels),
+            queue_capacity: metrics::gauge!(QUEUE_CAPACITY, &labels),
             inflight: metrics::gauge!(INFLIGHT_REQUESTS, &labels),
         }
     }

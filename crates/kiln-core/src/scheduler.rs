@@ -144,6 +144,7 @@ impl Scheduler {
             .map(|o| o.name.clone())
             .collect();
         let instances = cfg.instances.max(1);
+        metrics.queue_capacity.set(cfg.max_queue_size as f64);
         let shared = Arc::new(Shared {
             cfg,
             backend,
