@@ -2,7 +2,11 @@
 # Runs Kiln's whole test suite: Rust unit and integration tests (the real binary
 # over REST and gRPC), then the Python suite (tritonclient over HTTP JSON/binary and
 # gRPC against in-process onnxruntime on both backends, and perf_analyzer smoke runs).
-# Installs what it needs: the virtualenv (scripts/setup-python.sh) and libb64 for perf_analyzer.
+# Then the deployment checks (scripts/deploy-checks.sh): Dockerfile, Kubernetes
+# manifests, alert rules and dashboard, and the image built and run with podman.
+# Installs what it needs: the virtualenv (scripts/setup-python.sh), libb64 for
+# perf_analyzer, Prometheus for the scrape test, and the deployment tools.
+#   KILN_DEPLOY_CHECKS=0   skip the deployment checks
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=$(scripts/setup-python.sh | tail -n 1)
@@ -11,3 +15,6 @@ cargo test --release --workspace --locked
 KILN_BIN="$PWD/target/release/kiln" \
 KILN_REQUIRE_PERF_ANALYZER="${KILN_REQUIRE_PERF_ANALYZER:-1}" \
   "$venv/bin/python" -m pytest -q tests/python "$@"
+if [ "${KILN_DEPLOY_CHECKS:-1}" != 0 ]; then
+  scripts/deploy-checks.sh
+fi
