@@ -22,4 +22,15 @@ if ! ldconfig -p | grep -q 'libb64.so.0d'; then
     echo "warning: libb64-0d missing; perf_analyzer tests will be skipped" >&2
   fi
 fi
+# A real Prometheus for tests/python/test_prometheus.py (Debian's package; the
+# test is skipped without it unless KILN_REQUIRE_PROMETHEUS=1).
+if ! command -v prometheus >/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    (DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus >/dev/null; }) \
+      || echo "warning: could not install prometheus; the Prometheus scrape test will be skipped" >&2
+  else
+    echo "warning: prometheus missing; the Prometheus scrape test will be skipped" >&2
+  fi
+fi
 echo "$venv"
