@@ -7,7 +7,7 @@
 #
 #   podman build -t kiln .                                       # CPU, everything from source
 #   podman build -t kiln:cuda \
-#     --build-arg RUNTIME_IMAGE=docker.io/nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04 \
+#     --build-arg RUNTIME_IMAGE=docker.io/nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04 \
 #     --build-arg ORT_PACKAGE=onnxruntime-gpu .                  # CUDA variant
 #   podman build --pull=never -t kiln:ci \
 #     --build-arg KILN_BIN=prebuilt --build-arg ORT_LIB=prebuilt .   # what CI does (scripts/container-test.sh)
