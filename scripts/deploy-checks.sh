@@ -9,7 +9,7 @@
 #      every PromQL expression of the Grafana dashboard and the Prometheus Adapter
 #      rules parsed by promtool (tests/python/test_prometheus.py also evaluates
 #      them against a real Prometheus scraping a real Kiln);
-#   4. the image: the Dockerfile's runtime stage built with podman from a base
+#   4. the image: the Dockerfile's runtime-prebuilt stage built with podman from a base
 #      made by debootstrap (nothing can be pulled here), with the kiln binary
 #      cargo built and the ONNX Runtime library from the venv; the container
 #      started read-only, without capabilities, as its non-root user; readiness,
@@ -121,7 +121,7 @@ if ! podman image exists "$base"; then
   rm -rf "$rootfs"
 fi
 
-say "podman build (runtime stage, prebuilt binary and ONNX Runtime library)"
+say "podman build --target runtime-prebuilt (the binary cargo built, the venv's ONNX Runtime library)"
 [ -x target/release/kiln ] || cargo build --release --locked
 ort_lib=$(ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1 2>/dev/null | head -n 1)
 [ -n "$ort_lib" ] || { echo "no ONNX Runtime library in .venv (run scripts/setup-python.sh)" >&2; exit 1; }
@@ -129,8 +129,7 @@ rm -rf .prebuilt && mkdir -p .prebuilt/onnxruntime
 cp target/release/kiln .prebuilt/kiln && strip .prebuilt/kiln
 cp "$ort_lib" .prebuilt/onnxruntime/
 image=localhost/kiln:ci
-podman build --pull=never -q -t "$image" \
-  --build-arg KILN_BIN=prebuilt --build-arg ORT_LIB=prebuilt . >/dev/null
+podman build --pull=never -q -t "$image" --target runtime-prebuilt . >/dev/null
 rm -rf .prebuilt
 size=$(podman image inspect "$image" --format '{{.Size}}')
 base_size=$(podman image inspect "$base" --format '{{.Size}}')
