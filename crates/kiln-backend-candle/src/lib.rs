@@ -63,6 +63,23 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
     serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// Candle's device for a model's `device` setting. CUDA needs the `cuda` cargo
+/// feature (CUDA toolkit with nvcc at build time); without it a GPU placement is
+/// a clear load error, never a silent CPU run.
+fn candle_device(d: kiln_core::Device) -> Result<Device, String> {
+    match d {
+        kiln_core::Device::Cpu => Ok(Device::Cpu),
+        #[cfg(feature = "cuda")]
+        kiln_core::Device::Cuda(n) => Device::new_cuda(n as usize)
+            .map_err(|e| format!("device = \"cuda:{n}\": Candle cannot open the GPU: {e}")),
+        #[cfg(not(feature = "cuda"))]
+        kiln_core::Device::Cuda(n) => Err(format!(
+            "device = \"cuda:{n}\": this build of Kiln has no CUDA support in Candle \
+             (build it with `cargo build --release --features cuda`)"
+        )),
+    }
+}
+
 fn weights(path: &Path, device: &Device) -> Result<VarBuilder<'static>, String> {
     // Read into memory rather than mmap: the file may be replaced while serving.
     let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -92,7 +109,7 @@ struct SentenceBertConfig {
 impl BertEmbedding {
     fn load(req: &LoadRequest<'_>) -> Result<Self, String> {
         let dir = req.path.parent().unwrap_or(Path::new("."));
-        let device = Device::Cpu;
+        let device = candle_device(req.config.device())?;
         let config: BertConfig = read_json(&dir.join("config.json"))?;
         let model = BertModel::load(weights(req.path, &device)?, &config)
             .map_err(|e| format!("cannot build BERT from {}: {e}", req.path.display()))?;
@@ -273,7 +290,7 @@ impl Mlp {
                 cfg.sizes
             ));
         }
-        let device = Device::Cpu;
+        let device = candle_device(req.config.device())?;
         let vb = weights(req.path, &device)?;
         let mut layers = Vec::new();
         for (i, pair) in cfg.sizes.windows(2).enumerate() {
@@ -342,6 +359,17 @@ impl Backend for Mlp {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn a_gpu_placement_without_the_cuda_feature_is_a_clear_error() {
+        assert!(matches!(
+            super::candle_device(kiln_core::Device::Cpu),
+            Ok(candle_core::Device::Cpu)
+        ));
+        let e = super::candle_device(kiln_core::Device::Cuda(1)).unwrap_err();
+        assert!(e.contains("cuda:1") && e.contains("--features cuda"), "{e}");
+    }
+
     use super::*;
     use kiln_core::config::{BackendChoice, ModelConfigFile};
     use kiln_core::Version;

@@ -13,7 +13,7 @@
 //! to tract.
 
 use kiln_core::backend::{Backend, BackendError, BackendFactory, LoadRequest};
-use kiln_core::{DataType, ModelSignature, Tensor, TensorSpec};
+use kiln_core::{DataType, Device, ModelSignature, Tensor, TensorSpec};
 use ort::memory::Allocator;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynTensor, DynTensorValueType, DynValue, TensorElementType, ValueType};
@@ -193,6 +193,23 @@ impl BackendFactory for OrtFactory {
                 builder = builder
                     .with_intra_threads(n)
                     .map_err(|e| load_err(ort::Error::<()>::from(e).to_string()))?;
+            }
+            if let Device::Cuda(n) = req.config.device() {
+                // Registration fails (rather than falling back to the CPU) when the
+                // library has no CUDA execution provider, or CUDA, cuDNN or the GPU
+                // cannot be had: a model placed on a GPU never runs on the CPU silently.
+                let cuda = ort::ep::CUDA::default()
+                    .with_device_id(n as i32)
+                    .build()
+                    .error_on_failure();
+                builder = builder.with_execution_providers([cuda]).map_err(|e| {
+                    load_err(format!(
+                        "device = \"cuda:{n}\": ONNX Runtime's CUDA execution provider cannot be used ({}); \
+                         it needs the onnxruntime-gpu library (libonnxruntime_providers_cuda.so beside \
+                         libonnxruntime.so), CUDA 13 and cuDNN 9 libraries, and a visible GPU {n}",
+                        ort::Error::<()>::from(e)
+                    ))
+                })?;
             }
             let session = builder
                 .commit_from_file(req.path)

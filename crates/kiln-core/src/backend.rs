@@ -1,6 +1,6 @@
 //! The backend trait every runtime implements, and the choice among them.
 
-use crate::config::{BackendChoice, ModelConfigFile};
+use crate::config::{BackendChoice, Device, ModelConfigFile};
 use crate::model::{ModelSignature, Version};
 use crate::tensor::Tensor;
 use std::path::{Path, PathBuf};
@@ -77,12 +77,22 @@ pub struct LoadedBackend {
     pub fallback_reason: Option<String>,
 }
 
+fn choice_name(c: BackendChoice) -> &'static str {
+    match c {
+        BackendChoice::Auto | BackendChoice::Onnxruntime => "onnxruntime",
+        BackendChoice::Tract => "tract",
+        BackendChoice::Candle => "candle",
+    }
+}
+
 /// The runtimes compiled into this server.
 #[derive(Clone, Default)]
 pub struct Backends {
     onnxruntime: Option<Arc<dyn BackendFactory>>,
     tract: Option<Arc<dyn BackendFactory>>,
     candle: Option<Arc<dyn BackendFactory>>,
+    /// GPUs models may be placed on (`--gpus`); `None`: every GPU.
+    gpus: Option<Arc<[u32]>>,
 }
 
 impl Backends {
@@ -94,7 +104,14 @@ impl Backends {
             onnxruntime,
             tract,
             candle: None,
+            gpus: None,
         }
+    }
+
+    /// Limits the GPUs models may be placed on (`None`: no limit; empty: none).
+    pub fn with_gpus(mut self, gpus: Option<Vec<u32>>) -> Self {
+        self.gpus = gpus.map(Into::into);
+        self
     }
 
     /// Adds the Candle backend (safetensors model families).
@@ -128,12 +145,42 @@ impl Backends {
                 fallback_reason,
             })
         };
+        let device = req.config.device();
+        if let Device::Cuda(n) = device {
+            if let Some(allowed) = self.gpus.as_deref().filter(|a| !a.contains(&n)) {
+                let listed: Vec<String> = allowed.iter().map(u32::to_string).collect();
+                return Err(BackendError::Unavailable {
+                    backend: choice_name(choice),
+                    reason: format!(
+                        "device = \"{device}\" is not among the GPUs this server may use (--gpus: {})",
+                        if listed.is_empty() { "none".to_string() } else { listed.join(",") }
+                    ),
+                });
+            }
+        }
         match choice {
             BackendChoice::Candle => {
                 let f = Self::usable(&self.candle, "candle").map_err(|reason| {
                     BackendError::Unavailable {
                         backend: "candle",
                         reason,
+                    }
+                })?;
+                with(f, None)
+            }
+            BackendChoice::Tract if device != Device::Cpu => Err(BackendError::Unavailable {
+                backend: "tract",
+                reason: format!(
+                    "tract runs on the CPU only; device = \"{device}\" needs backend \"onnxruntime\" or \"candle\""
+                ),
+            }),
+            // A model placed on a GPU never falls back to the CPU without a word:
+            // ONNX Runtime's error is the load's error.
+            BackendChoice::Auto | BackendChoice::Onnxruntime if device != Device::Cpu => {
+                let f = Self::usable(&self.onnxruntime, "onnxruntime").map_err(|reason| {
+                    BackendError::Unavailable {
+                        backend: "onnxruntime",
+                        reason: format!("device = \"{device}\" needs ONNX Runtime: {reason}"),
                     }
                 })?;
                 with(f, None)

@@ -360,12 +360,7 @@ impl ModelConfigFile {
             message,
         };
         if let Some(d) = &self.device {
-            if d != "cpu" {
-                return Err(invalid(
-                    "device",
-                    format!("'{d}' is not supported by this build (expected \"cpu\")"),
-                ));
-            }
+            Device::parse(d).map_err(|m| invalid("device", m))?;
         }
         if self.instance_count == Some(0) || self.instance_count.is_some_and(|n| n > 256) {
             return Err(invalid(
@@ -501,6 +496,14 @@ impl ModelConfigFile {
             } else {
                 DEFAULT_MODEL_FILENAME
             })
+    }
+
+    /// Where the model runs (validated when the config was read; `cpu` when unset).
+    pub fn device(&self) -> Device {
+        self.device
+            .as_deref()
+            .and_then(|d| Device::parse(d).ok())
+            .unwrap_or_default()
     }
 
     pub fn instances(&self) -> usize {
@@ -851,5 +854,66 @@ mod tests {
         assert!(
             resolve_signature(&s, &parse("max_batch_size = 4").unwrap(), Path::new("m")).is_err()
         );
+    }
+}
+
+/// Where a model runs: `device = "cpu"` (the default), or `"cuda"` / `"cuda:N"`
+/// (GPU N as CUDA numbers the GPUs this process sees; `cuda` is `cuda:0`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda(u32),
+}
+
+impl Device {
+    pub fn parse(s: &str) -> Result<Device, String> {
+        let t = s.trim().to_ascii_lowercase();
+        match t.as_str() {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" | "gpu" => Ok(Device::Cuda(0)),
+            _ => t
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse::<u32>().ok())
+                .filter(|&n| n < 1024)
+                .map(Device::Cuda)
+                .ok_or_else(|| {
+                    format!("'{s}' is not a device (expected \"cpu\", \"cuda\" or \"cuda:N\")")
+                }),
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod device_tests {
+    use super::Device;
+
+    #[test]
+    fn devices_parse_and_print() {
+        assert_eq!(Device::parse("cpu"), Ok(Device::Cpu));
+        assert_eq!(Device::parse("CUDA"), Ok(Device::Cuda(0)));
+        assert_eq!(Device::parse("cuda:3"), Ok(Device::Cuda(3)));
+        assert_eq!(Device::Cuda(3).to_string(), "cuda:3");
+        for bad in [
+            "",
+            "tpu",
+            "cuda:",
+            "cuda:-1",
+            "cuda:x",
+            "cuda:99999",
+            "cuda 1",
+        ] {
+            let e = Device::parse(bad).unwrap_err();
+            assert!(e.contains("not a device"), "{bad}: {e}");
+        }
     }
 }

@@ -19,6 +19,7 @@ pub mod tensor;
 pub mod traffic;
 
 pub use backend::{Backend, BackendError, BackendFactory, Backends, LoadRequest};
+pub use config::Device;
 pub use dtype::DataType;
 pub use error::{ErrorKind, KilnError};
 pub use infer::{InferInput, InferOutput, InferRequest, InferResponse};

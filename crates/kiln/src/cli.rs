@@ -93,6 +93,12 @@ pub struct Args {
     #[arg(long = "load-model", env = "KILN_LOAD_MODEL", value_delimiter = ',')]
     pub load_model: Vec<String>,
 
+    /// GPUs models may be placed on (`device = "cuda:N"` in a model's config):
+    /// `all`, `none`, or a comma list of CUDA device numbers such as `0,2`. A model
+    /// placed on a GPU outside the list fails to load, saying so.
+    #[arg(long, env = "KILN_GPUS", default_value = "all", value_parser = gpu_list)]
+    pub gpus: GpuList,
+
     /// Log detail: 0 info, 1 debug, 2 trace (KILN_LOG, a tracing filter, overrides it).
     #[arg(long, env = "KILN_LOG_VERBOSE", default_value_t = 0)]
     pub log_verbose: u8,
@@ -134,5 +140,38 @@ fn positive_secs(s: &str) -> Result<f64, String> {
         Err(format!(
             "{s} is below the shortest poll interval, 0.01 seconds"
         ))
+    }
+}
+
+/// `--gpus`: `None` for all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuList(pub Option<Vec<u32>>);
+
+fn gpu_list(s: &str) -> Result<GpuList, String> {
+    match s.trim() {
+        "all" | "" => Ok(GpuList(None)),
+        "none" => Ok(GpuList(Some(Vec::new()))),
+        list => list
+            .split(',')
+            .map(|g| {
+                g.trim().parse::<u32>().map_err(|_| {
+                    format!("'{g}' is not a GPU number (expected all, none or a list such as 0,1)")
+                })
+            })
+            .collect::<Result<Vec<u32>, String>>()
+            .map(|v| GpuList(Some(v))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_lists_parse() {
+        assert_eq!(gpu_list("all"), Ok(GpuList(None)));
+        assert_eq!(gpu_list("none"), Ok(GpuList(Some(vec![]))));
+        assert_eq!(gpu_list("0, 2"), Ok(GpuList(Some(vec![0, 2]))));
+        assert!(gpu_list("0,x").unwrap_err().contains("'x'"));
     }
 }

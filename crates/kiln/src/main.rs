@@ -92,8 +92,9 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
             "ONNX Runtime is not available ({reason}); ONNX models will run on tract"
         ),
     }
-    let backends =
-        Backends::new(Some(ort), Some(Arc::new(TractFactory))).with_candle(Arc::new(CandleFactory));
+    let backends = Backends::new(Some(ort), Some(Arc::new(TractFactory)))
+        .with_candle(Arc::new(CandleFactory))
+        .with_gpus(args.gpus.0.clone());
     let core = Core::new(
         CoreOptions {
             repository: args.model_repository.clone(),
