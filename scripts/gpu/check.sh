@@ -2,7 +2,8 @@
 # On the GPU machine (after scripts/gpu/bundle.sh's parts reached /tmp/kiln-gpu):
 # serves the example ONNX models with device = "cuda:0" on ONNX Runtime's CUDA
 # provider, compares each answer with onnxruntime on the CPU (the machine's own
-# Python), shows the process's GPU memory, and stops Kiln with SIGTERM.
+# Python), shows the process's GPU memory and Kiln's NVML metrics beside
+# nvidia-smi's, and stops Kiln with SIGTERM.
 set -uo pipefail
 root=$PWD
 D=/tmp/kiln-gpu
@@ -39,6 +40,10 @@ for m, shape in [("mlp_tiny", (8, 16)), ("cnn_small", (8, 1, 28, 28)), ("digits_
         print(f"{m}/{o['name']}: max |gpu - cpu| = {float(np.max(np.abs(g.astype(np.float64) - w))):.3g}")
 PY
 nvidia-smi --query-compute-apps=pid,used_memory --format=csv
+# NVML metrics (sampled every --gpu-metrics-secs, default 5 s).
+sleep 6
+curl -s localhost:18000/metrics | grep '^kiln_gpu' || echo "no kiln_gpu_* metrics"
+nvidia-smi --query-gpu=index,name,utilization.gpu,memory.used,memory.total --format=csv
 kill -TERM "$pid"
 wait "$pid"
 echo "kiln exit status $?"

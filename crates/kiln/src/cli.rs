@@ -99,6 +99,12 @@ pub struct Args {
     #[arg(long, env = "KILN_GPUS", default_value = "all", value_parser = gpu_list)]
     pub gpus: GpuList,
 
+    /// Seconds between two samples of every GPU's utilisation and memory (NVML),
+    /// exported as kiln_gpu_* metrics; 0 turns them off. Without an NVIDIA driver
+    /// there are none.
+    #[arg(long, env = "KILN_GPU_METRICS_SECS", default_value_t = 5.0, value_parser = non_negative_secs)]
+    pub gpu_metrics_secs: f64,
+
     /// Log detail: 0 info, 1 debug, 2 trace (KILN_LOG, a tracing filter, overrides it).
     #[arg(long, env = "KILN_LOG_VERBOSE", default_value_t = 0)]
     pub log_verbose: u8,

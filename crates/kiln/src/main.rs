@@ -1,6 +1,7 @@
 //! `kiln`: serves a model repository over KServe V2 REST and gRPC in one process.
 
 mod cli;
+mod gpu_metrics;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
@@ -75,6 +76,13 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     kiln_core::metrics::describe();
+    if args.gpu_metrics_secs > 0.0 {
+        gpu_metrics::start(
+            Duration::from_secs_f64(args.gpu_metrics_secs.max(0.1)),
+            args.gpus.0.clone(),
+        )
+        .context("cannot start the GPU metrics sampler")?;
+    }
 
     let ort = Arc::new(OrtFactory::new(args.onnxruntime_lib.clone()));
     let ort_probe = ort.clone();
