@@ -26,13 +26,6 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 say() { echo "--- deploy-checks: $*"; }
 
-as_root_apt() {
-  # Installs Debian packages when root; returns 1 when that is not possible.
-  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || return 1
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null 2>&1 \
-    || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null 2>&1; }
-}
-
 # --- tools ---
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
@@ -40,7 +33,7 @@ fi
 "$venv/bin/python" -m pip install -q --upgrade pip
 "$venv/bin/python" -m pip install -q -r scripts/deploy-requirements.txt
 if ! command -v promtool >/dev/null; then
-  as_root_apt prometheus || { echo "promtool missing: install Debian's prometheus package" >&2; exit 1; }
+  scripts/apt-install.sh prometheus || { echo "promtool missing: install Debian's prometheus package" >&2; exit 1; }
 fi
 (cd k8s/tools && npm ci --silent --no-audit --no-fund >/dev/null 2>&1 || npm ci --no-audit --no-fund)
 py="$venv/bin/python"
@@ -96,7 +89,7 @@ container_unavailable() {
   exit 0
 }
 if ! command -v podman >/dev/null || ! command -v debootstrap >/dev/null; then
-  as_root_apt podman buildah debootstrap runc uidmap \
+  scripts/apt-install.sh podman buildah debootstrap runc uidmap \
     || container_unavailable "podman/debootstrap missing and cannot be installed (not root?)"
 fi
 # Debian's podman on a machine without systemd or a container engine: runc,

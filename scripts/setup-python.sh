@@ -15,22 +15,13 @@ fi
 "$venv/bin/python" "$here/scripts/fetch_minilm.py" >/dev/null
 # perf_analyzer from the tritonclient wheel needs libb64 (Debian) at run time.
 if ! ldconfig -p | grep -q 'libb64.so.0d'; then
-  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    (apt-get install -y -q libb64-0d >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q libb64-0d >/dev/null; }) \
-      || echo "warning: could not install libb64-0d; perf_analyzer tests will be skipped" >&2
-  else
-    echo "warning: libb64-0d missing; perf_analyzer tests will be skipped" >&2
-  fi
+  "$here/scripts/apt-install.sh" libb64-0d \
+    || echo "warning: could not install libb64-0d; perf_analyzer tests will be skipped" >&2
 fi
 # A real Prometheus for tests/python/test_prometheus.py (Debian's package; the
 # test is skipped without it unless KILN_REQUIRE_PROMETHEUS=1).
 if ! command -v prometheus >/dev/null; then
-  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    (DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus >/dev/null 2>&1 \
-      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus >/dev/null; }) \
-      || echo "warning: could not install prometheus; the Prometheus scrape test will be skipped" >&2
-  else
-    echo "warning: prometheus missing; the Prometheus scrape test will be skipped" >&2
-  fi
+  "$here/scripts/apt-install.sh" prometheus \
+    || echo "warning: could not install prometheus; the Prometheus scrape test will be skipped" >&2
 fi
 echo "$venv"

@@ -45,26 +45,26 @@ GRAFANA_VARS = {
 }
 
 
+def fill(expr):
+    for k, v in GRAFANA_VARS.items():
+        expr = expr.replace(k, v)
+    return expr
+
+
 def dashboard_exprs(path):
     with open(path) as f:
         dash = json.load(f)
     out = []
     for p in dash.get("panels", []):
         for t in p.get("targets", []):
-            e = t["expr"]
-            for k, v in GRAFANA_VARS.items():
-                e = e.replace(k, v)
-            out.append((f'{p["title"]} [{t["refId"]}]', e))
+            out.append((f'{p["title"]} [{t["refId"]}]', fill(t["expr"])))
     for v in dash.get("templating", {}).get("list", []):
         q = v.get("query")
         if isinstance(q, dict):
             q = q.get("query")
         m = re.fullmatch(r"label_values\((.*),\s*\w+\)", q or "")
         if m:
-            e = m.group(1)
-            for k, val in GRAFANA_VARS.items():
-                e = e.replace(k, val)
-            out.append((f'variable {v["name"]}', e))
+            out.append((f'variable {v["name"]}', fill(m.group(1))))
     if re.search(r"\$\w", json.dumps([e for _, e in out])):
         sys.exit("a Grafana variable was left unreplaced in the dashboard's PromQL")
     return out

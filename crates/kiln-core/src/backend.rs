@@ -130,6 +130,17 @@ impl Backends {
         }
     }
 
+    /// [`Backends::usable`], its reason as the load's error.
+    fn factory<'a>(
+        f: &'a Option<Arc<dyn BackendFactory>>,
+        name: &'static str,
+    ) -> Result<&'a Arc<dyn BackendFactory>, BackendError> {
+        Self::usable(f, name).map_err(|reason| BackendError::Unavailable {
+            backend: name,
+            reason,
+        })
+    }
+
     /// Loads a model with the configured backend. `auto` and `onnxruntime` fall back
     /// to tract when ONNX Runtime is unavailable or cannot load the model.
     pub fn load(
@@ -160,13 +171,7 @@ impl Backends {
         }
         match choice {
             BackendChoice::Candle => {
-                let f = Self::usable(&self.candle, "candle").map_err(|reason| {
-                    BackendError::Unavailable {
-                        backend: "candle",
-                        reason,
-                    }
-                })?;
-                with(f, None)
+                with(Self::factory(&self.candle, "candle")?, None)
             }
             BackendChoice::Tract if device != Device::Cpu => Err(BackendError::Unavailable {
                 backend: "tract",
@@ -186,13 +191,7 @@ impl Backends {
                 with(f, None)
             }
             BackendChoice::Tract => {
-                let f = Self::usable(&self.tract, "tract").map_err(|reason| {
-                    BackendError::Unavailable {
-                        backend: "tract",
-                        reason,
-                    }
-                })?;
-                with(f, None)
+                with(Self::factory(&self.tract, "tract")?, None)
             }
             BackendChoice::Auto | BackendChoice::Onnxruntime => {
                 let ort_error = match Self::usable(&self.onnxruntime, "onnxruntime") {

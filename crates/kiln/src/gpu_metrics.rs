@@ -39,23 +39,27 @@ pub fn start(every: Duration, allowed: Option<Vec<u32>>) -> std::io::Result<()> 
                 "GPU metrics from NVML every {:.1}s: {count} GPU(s)",
                 every.as_secs_f64()
             );
+            // The devices and their labels are looked up once; each sample only
+            // reads utilisation and memory.
+            let devices: Vec<_> = (0..count)
+                .filter(|i| allowed.as_ref().is_none_or(|a| a.contains(i)))
+                .filter_map(|i| {
+                    let dev = nvml.device_by_index(i).ok()?;
+                    let labels = [
+                        ("gpu", i.to_string()),
+                        ("name", dev.name().unwrap_or_default()),
+                    ];
+                    Some((dev, labels))
+                })
+                .collect();
             loop {
-                for i in 0..count {
-                    if allowed.as_ref().is_some_and(|a| !a.contains(&i)) {
-                        continue;
-                    }
-                    let Ok(dev) = nvml.device_by_index(i) else {
-                        continue;
-                    };
-                    let gpu = i.to_string();
-                    let name = dev.name().unwrap_or_default();
-                    let labels = [("gpu", gpu), ("name", name)];
+                for (dev, labels) in &devices {
                     if let Ok(u) = dev.utilization_rates() {
-                        gauge!(UTILIZATION, &labels).set(f64::from(u.gpu) / 100.0);
+                        gauge!(UTILIZATION, labels).set(f64::from(u.gpu) / 100.0);
                     }
                     if let Ok(m) = dev.memory_info() {
-                        gauge!(MEMORY_USED, &labels).set(m.used as f64);
-                        gauge!(MEMORY_TOTAL, &labels).set(m.total as f64);
+                        gauge!(MEMORY_USED, labels).set(m.used as f64);
+                        gauge!(MEMORY_TOTAL, labels).set(m.total as f64);
                     }
                 }
                 std::thread::sleep(every);
