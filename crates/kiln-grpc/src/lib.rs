@@ -176,11 +176,22 @@ fn model_config(mv: &ModelVersion) -> ModelConfig {
     }
 }
 
-/// What is left of a call's gRPC deadline (`grpc-timeout`), when it has one.
+/// How much sooner than a call's `grpc-timeout` Kiln gives up on it (at most a
+/// quarter of the timeout). tonic's transport arms its own timer for the same
+/// header when the call arrives, and answers CANCELLED "Timeout expired" when it
+/// fires; Kiln answers a little before it so that the client gets the protocol's
+/// DEADLINE_EXCEEDED, the metrics count a timeout, and the queued request is
+/// dropped by the scheduler. An answer that reached the client after its deadline
+/// would be of no use anyway.
+const DEADLINE_MARGIN: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// What is left of a call's gRPC deadline (`grpc-timeout`), when it has one, less
+/// [`DEADLINE_MARGIN`].
 fn deadline(md: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
     md.get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
         .and_then(convert::grpc_timeout)
+        .map(|t| t - DEADLINE_MARGIN.min(t / 4))
 }
 
 fn duration(d: &kiln_core::stats::StatDuration) -> Option<StatisticDuration> {
@@ -436,5 +447,32 @@ impl GrpcInferenceService for InferenceService {
             .map_err(|_| Status::internal("the model unload panicked"))?
             .map_err(status)?;
         Ok(Response::new(RepositoryModelUnloadResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn with_timeout(v: &str) -> tonic::metadata::MetadataMap {
+        let mut md = tonic::metadata::MetadataMap::new();
+        md.insert("grpc-timeout", v.parse().unwrap());
+        md
+    }
+
+    #[test]
+    fn deadline_answers_before_the_transport_timer() {
+        assert_eq!(
+            deadline(&with_timeout("20m")),
+            Some(Duration::from_millis(18))
+        );
+        assert_eq!(
+            deadline(&with_timeout("4m")),
+            Some(Duration::from_millis(3))
+        );
+        assert_eq!(deadline(&with_timeout("0n")), Some(Duration::ZERO));
+        assert_eq!(deadline(&with_timeout("soon")), None);
+        assert_eq!(deadline(&tonic::metadata::MetadataMap::new()), None);
     }
 }
