@@ -43,6 +43,7 @@ fn main() {
             version: Version(1),
             path: &path,
             config: &cfg,
+            device: cfg.device(),
         })
         .expect("load");
     let long = long_text();

@@ -55,8 +55,8 @@ fn scheduler(max_batch_size: usize, delay: Duration) -> Scheduler {
     };
     Scheduler::start(
         cfg,
-        noop(),
-        Arc::new(VersionMetrics::new("bench", "1")),
+        vec![noop()],
+        Arc::new(VersionMetrics::new("bench", "1", "cpu")),
         Arc::new(VersionStats::default()),
     )
     .expect("start scheduler")

@@ -109,7 +109,7 @@ struct SentenceBertConfig {
 impl BertEmbedding {
     fn load(req: &LoadRequest<'_>) -> Result<Self, String> {
         let dir = req.path.parent().unwrap_or(Path::new("."));
-        let device = candle_device(req.config.device())?;
+        let device = candle_device(req.device)?;
         let config: BertConfig = read_json(&dir.join("config.json"))?;
         let model = BertModel::load(weights(req.path, &device)?, &config)
             .map_err(|e| format!("cannot build BERT from {}: {e}", req.path.display()))?;
@@ -290,7 +290,7 @@ impl Mlp {
                 cfg.sizes
             ));
         }
-        let device = candle_device(req.config.device())?;
+        let device = candle_device(req.device)?;
         let vb = weights(req.path, &device)?;
         let mut layers = Vec::new();
         for (i, pair) in cfg.sizes.windows(2).enumerate() {
@@ -389,6 +389,7 @@ mod tests {
             version: Version(1),
             path: &dir.join("model.safetensors"),
             config: c,
+            device: c.device(),
         })
     }
 

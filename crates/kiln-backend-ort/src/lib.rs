@@ -11,6 +11,11 @@
 //! When none is found, or the library cannot be initialised, the factory reports
 //! itself unavailable with the reason and the places searched, and models fall back
 //! to tract.
+//!
+//! Before the first model is placed on a GPU, the CUDA 13 and cuDNN 9 libraries the
+//! CUDA execution provider needs are looked for (see [`cuda_search_dirs`]) and the
+//! ones found are loaded from there; the rest are left to the system's loader
+//! (`LD_LIBRARY_PATH`, `ldconfig`).
 
 use kiln_core::backend::{Backend, BackendError, BackendFactory, LoadRequest};
 use kiln_core::{DataType, Device, ModelSignature, Tensor, TensorSpec};
@@ -88,18 +93,115 @@ pub fn search_paths(explicit: Option<&Path>) -> Vec<PathBuf> {
     files
 }
 
+/// Where to look for the CUDA and cuDNN libraries, in order:
+/// 1. the directories given (`--cuda-library-path` / `KILN_CUDA_LIBRARY_PATH`);
+/// 2. NVIDIA's pip wheels in the `site-packages` the ONNX Runtime library came from
+///    (`nvidia/cu13/lib`, `nvidia/*/lib`, as `onnxruntime-gpu[cuda,cudnn]` installs them);
+/// 3. `$CUDA_HOME/lib64`, `$CUDA_PATH/lib64`, `/usr/local/cuda/lib64`,
+///    `/usr/local/cuda-13/lib64`;
+/// 4. `/usr/lib/x86_64-linux-gnu`, `/usr/local/lib` (Debian's and NVIDIA's cuDNN packages).
+pub fn cuda_search_dirs(explicit: &[PathBuf], ort_library: Option<&Path>) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = explicit.to_vec();
+    // <site-packages>/onnxruntime/capi/libonnxruntime.so → <site-packages>/nvidia.
+    if let Some(nvidia) =
+        ort_library.and_then(|l| l.parent()?.parent()?.parent().map(|sp| sp.join("nvidia")))
+    {
+        dirs.push(nvidia.join("cu13/lib"));
+        let mut wheels: Vec<PathBuf> = std::fs::read_dir(&nvidia)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("lib"))
+            .filter(|d| d.is_dir())
+            .collect();
+        wheels.sort();
+        dirs.extend(wheels);
+    }
+    for var in ["CUDA_HOME", "CUDA_PATH"] {
+        if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+            dirs.push(PathBuf::from(v).join("lib64"));
+        }
+    }
+    for d in [
+        "/usr/local/cuda/lib64",
+        "/usr/local/cuda-13/lib64",
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/local/lib",
+    ] {
+        dirs.push(PathBuf::from(d));
+    }
+    let mut seen = std::collections::HashSet::new();
+    dirs.retain(|d| seen.insert(d.clone()));
+    dirs
+}
+
+/// The libraries ONNX Runtime's CUDA provider loads, dependencies first, each
+/// with the first of `dirs` that holds it (`None`: left to the system's loader).
+pub fn find_cuda_libraries(dirs: &[PathBuf]) -> Vec<(&'static str, Option<PathBuf>)> {
+    ort::ep::cuda::CUDA_DYLIBS
+        .iter()
+        .chain(ort::ep::cuda::CUDNN_DYLIBS)
+        .map(|&lib| (lib, dirs.iter().map(|d| d.join(lib)).find(|p| p.is_file())))
+        .collect()
+}
+
 /// Loads models with ONNX Runtime.
 pub struct OrtFactory {
     explicit: Option<PathBuf>,
+    cuda_dirs: Vec<PathBuf>,
     env: OnceLock<Result<(ort::environment::Environment, PathBuf), String>>,
+    cuda_preloaded: OnceLock<()>,
 }
 
 impl OrtFactory {
     pub fn new(explicit: Option<PathBuf>) -> Self {
         OrtFactory {
             explicit,
+            cuda_dirs: Vec::new(),
             env: OnceLock::new(),
+            cuda_preloaded: OnceLock::new(),
         }
+    }
+
+    /// Directories searched first for the CUDA and cuDNN libraries.
+    pub fn with_cuda_library_path(mut self, dirs: Vec<PathBuf>) -> Self {
+        self.cuda_dirs = dirs;
+        self
+    }
+
+    /// Loads the CUDA and cuDNN libraries found by the search, once, and logs
+    /// where each came from.
+    fn preload_cuda(&self, ort_library: &Path) {
+        self.cuda_preloaded.get_or_init(|| {
+            let dirs = cuda_search_dirs(&self.cuda_dirs, Some(ort_library));
+            let mut from = Vec::new();
+            let mut left = Vec::new();
+            for (lib, path) in find_cuda_libraries(&dirs) {
+                match path {
+                    Some(p) => match ort::util::preload_dylib(&p) {
+                        Ok(()) => from.push(p.display().to_string()),
+                        Err(e) => {
+                            tracing::warn!("cannot load {}: {e}", p.display());
+                            left.push(lib);
+                        }
+                    },
+                    None => left.push(lib),
+                }
+            }
+            tracing::info!(
+                "CUDA libraries for ONNX Runtime: loaded {}; left to the system's loader: {}",
+                if from.is_empty() {
+                    "none".to_string()
+                } else {
+                    from.join(", ")
+                },
+                if left.is_empty() {
+                    "none".to_string()
+                } else {
+                    left.join(", ")
+                }
+            );
+        });
     }
 
     fn environment(&self) -> &Result<(ort::environment::Environment, PathBuf), String> {
@@ -168,19 +270,20 @@ impl BackendFactory for OrtFactory {
     }
 
     fn load(&self, req: &LoadRequest<'_>) -> Result<Box<dyn Backend>, BackendError> {
-        let (env, _) = self
-            .environment()
-            .as_ref()
-            .map_err(|reason| BackendError::Unavailable {
-                backend: NAME,
-                reason: reason.clone(),
-            })?;
+        let (env, ort_library) =
+            self.environment()
+                .as_ref()
+                .map_err(|reason| BackendError::Unavailable {
+                    backend: NAME,
+                    reason: reason.clone(),
+                })?;
         let load_err = |message: String| BackendError::Load {
             backend: NAME,
             path: req.path.to_path_buf(),
             message,
         };
-        let instances = req.config.instances();
+        // One session per instance on this device.
+        let instances = req.config.instances_per_device();
         let mut sessions = Vec::with_capacity(instances);
         for _ in 0..instances {
             let mut builder = Session::builder(env).map_err(|e| load_err(e.to_string()))?;
@@ -194,12 +297,14 @@ impl BackendFactory for OrtFactory {
                     .with_intra_threads(n)
                     .map_err(|e| load_err(ort::Error::<()>::from(e).to_string()))?;
             }
-            if let Device::Cuda(n) = req.config.device() {
+            if let Device::Cuda(n) = req.device {
+                self.preload_cuda(ort_library);
                 // Registration fails (rather than falling back to the CPU) when the
                 // library has no CUDA execution provider, or CUDA, cuDNN or the GPU
                 // cannot be had: a model placed on a GPU never runs on the CPU silently.
                 let cuda = ort::ep::CUDA::default()
                     .with_device_id(n as i32)
+                    .with_tf32(req.config.tf32())
                     .build()
                     .error_on_failure();
                 builder = builder.with_execution_providers([cuda]).map_err(|e| {
@@ -417,5 +522,38 @@ impl Backend for OrtBackend {
                 from_ort(v, &spec.name)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod cuda_search_tests {
+    use super::*;
+
+    #[test]
+    fn cuda_libraries_come_from_the_first_directory_holding_them() {
+        let t = tempfile::tempdir().unwrap();
+        let first = t.path().join("first");
+        let sp = t.path().join("venv/lib/python3.12/site-packages");
+        let wheel = sp.join("nvidia/cudnn/lib");
+        let cu13 = sp.join("nvidia/cu13/lib");
+        for d in [&first, &wheel, &cu13, &sp.join("onnxruntime/capi")] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(first.join("libcudart.so.13"), b"").unwrap();
+        std::fs::write(cu13.join("libcudart.so.13"), b"").unwrap();
+        std::fs::write(cu13.join("libcublas.so.13"), b"").unwrap();
+        std::fs::write(wheel.join("libcudnn.so.9"), b"").unwrap();
+        let ort = sp.join("onnxruntime/capi/libonnxruntime.so.1.31.1");
+        let dirs = cuda_search_dirs(std::slice::from_ref(&first), Some(&ort));
+        assert_eq!(dirs[..3], [first.clone(), cu13.clone(), wheel.clone()]);
+        let found: std::collections::HashMap<_, _> =
+            find_cuda_libraries(&dirs).into_iter().collect();
+        assert_eq!(
+            found["libcudart.so.13"],
+            Some(first.join("libcudart.so.13"))
+        );
+        assert_eq!(found["libcublas.so.13"], Some(cu13.join("libcublas.so.13")));
+        assert_eq!(found["libcudnn.so.9"], Some(wheel.join("libcudnn.so.9")));
+        assert!(dirs.contains(&PathBuf::from("/usr/local/cuda/lib64")));
     }
 }

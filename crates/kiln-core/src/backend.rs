@@ -39,6 +39,8 @@ pub struct LoadRequest<'a> {
     /// The model file (e.g. `<repo>/<model>/<version>/model.onnx`).
     pub path: &'a Path,
     pub config: &'a ModelConfigFile,
+    /// Where to load it: the config's `device`, or one of its `devices`.
+    pub device: Device,
 }
 
 /// A loaded model. Implementations are synchronous and called from Kiln's own
@@ -156,7 +158,7 @@ impl Backends {
                 fallback_reason,
             })
         };
-        let device = req.config.device();
+        let device = req.device;
         if let Device::Cuda(n) = device {
             if let Some(allowed) = self.gpus.as_deref().filter(|a| !a.contains(&n)) {
                 let listed: Vec<String> = allowed.iter().map(u32::to_string).collect();

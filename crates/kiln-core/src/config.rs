@@ -230,8 +230,20 @@ pub struct ModelConfigFile {
     /// `auto` (default), `onnxruntime` or `tract`.
     #[serde(default)]
     pub backend: BackendChoice,
-    /// `cpu` (default).
+    /// `cpu` (default), `cuda` or `cuda:N`.
     pub device: Option<String>,
+    /// Per-instance placement, instead of `device`: `instance_count` instances on each
+    /// device listed (like Triton's `instance_group` with `gpus`), e.g.
+    /// `["cuda:0", "cuda:1"]`. Each device gets its own loaded copy of the model.
+    pub devices: Option<Vec<String>>,
+    /// When a GPU device cannot be used (no CUDA provider, no driver, a GPU outside
+    /// `--gpus`), load the model on the CPU instead, with a warning in the log and
+    /// `device="cpu"` on its metrics. Default false: the load fails.
+    pub cpu_fallback: Option<bool>,
+    /// On a GPU, let ONNX Runtime's CUDA provider use TF32 for float32 matrix
+    /// multiplications and convolutions (faster on Ampere and later, about 1e-3
+    /// relative error). Default true, as ONNX Runtime's; false for float32 accuracy.
+    pub tf32: Option<bool>,
     /// Largest batch one request (or, with batching, one execution) may carry;
     /// 0 disables batching. Default: 32 when the model's first dimension is variable.
     pub max_batch_size: Option<u32>,
@@ -361,6 +373,29 @@ impl ModelConfigFile {
         };
         if let Some(d) = &self.device {
             Device::parse(d).map_err(|m| invalid("device", m))?;
+        }
+        if let Some(list) = &self.devices {
+            if self.device.is_some() {
+                return Err(invalid(
+                    "devices",
+                    "set either device or devices, not both".into(),
+                ));
+            }
+            if list.is_empty() || list.len() > 64 {
+                return Err(invalid(
+                    "devices",
+                    "must list between 1 and 64 devices".into(),
+                ));
+            }
+            for d in list {
+                Device::parse(d).map_err(|m| invalid("devices", m))?;
+            }
+            if list.len() * self.instance_count.unwrap_or(1) > 256 {
+                return Err(invalid(
+                    "devices",
+                    "instance_count × devices must be at most 256 instances".into(),
+                ));
+            }
         }
         if self.instance_count == Some(0) || self.instance_count.is_some_and(|n| n > 256) {
             return Err(invalid(
@@ -506,8 +541,38 @@ impl ModelConfigFile {
             .unwrap_or_default()
     }
 
-    pub fn instances(&self) -> usize {
+    /// The device of each instance, in order: `instance_count` instances on each
+    /// device of `devices`, or on `device`.
+    pub fn placements(&self) -> Vec<Device> {
+        let devices: Vec<Device> = match &self.devices {
+            Some(list) => list.iter().filter_map(|d| Device::parse(d).ok()).collect(),
+            None => vec![self.device()],
+        };
+        let per_device = self.instance_count.unwrap_or(1);
+        devices
+            .iter()
+            .flat_map(|&d| std::iter::repeat_n(d, per_device))
+            .collect()
+    }
+
+    /// Whether a GPU model may fall back to the CPU (logged) instead of failing.
+    pub fn cpu_fallback(&self) -> bool {
+        self.cpu_fallback.unwrap_or(false)
+    }
+
+    /// Instances on each device (`instance_count`, default 1).
+    pub fn instances_per_device(&self) -> usize {
         self.instance_count.unwrap_or(1)
+    }
+
+    /// Whether the CUDA provider may use TF32 (default true).
+    pub fn tf32(&self) -> bool {
+        self.tf32.unwrap_or(true)
+    }
+
+    /// Instances in all: `instance_count` on each device.
+    pub fn instances(&self) -> usize {
+        self.placements().len().max(1)
     }
 
     pub fn queue_size(&self) -> usize {
@@ -722,6 +787,18 @@ mod tests {
         assert!(e.contains("max_batch"), "{e}");
         let e = parse("instance_count = 0").unwrap_err().to_string();
         assert!(e.contains("instance_count"), "{e}");
+        for (bad, why) in [
+            ("device = \"cpu\"\ndevices = [\"cpu\"]", "not both"),
+            ("devices = []", "between 1 and 64"),
+            ("devices = [\"cuda:0\", \"tpu\"]", "not a device"),
+            (
+                "devices = [\"cpu\", \"cpu\"]\ninstance_count = 200",
+                "at most 256",
+            ),
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("devices") && e.contains(why), "{bad}: {e}");
+        }
         for bad in [
             "max_batch_size = 4\npreferred_batch_sizes = [8]",
             "preferred_batch_sizes = [0]",
@@ -896,6 +973,22 @@ impl std::fmt::Display for Device {
 #[cfg(test)]
 mod device_tests {
     use super::Device;
+
+    #[test]
+    fn instances_are_placed_per_device() {
+        let cfg: super::ModelConfigFile =
+            toml::from_str("devices = [\"cuda:1\", \"cpu\"]\ninstance_count = 2").unwrap();
+        assert_eq!(
+            cfg.placements(),
+            [Device::Cuda(1), Device::Cuda(1), Device::Cpu, Device::Cpu]
+        );
+        assert_eq!(cfg.instances(), 4);
+        let cfg: super::ModelConfigFile = toml::from_str("device = \"cuda\"").unwrap();
+        assert_eq!(cfg.placements(), [Device::Cuda(0)]);
+        assert!(!cfg.cpu_fallback());
+        let cfg = super::ModelConfigFile::default();
+        assert_eq!(cfg.placements(), [Device::Cpu]);
+    }
 
     #[test]
     fn devices_parse_and_print() {

@@ -6,8 +6,8 @@
 //! retired version is released when its last request ends. A version that fails
 //! to load leaves what serves untouched.
 
-use crate::backend::{Backend, LoadRequest};
-use crate::config::{self, ModelConfigFile, RollbackConfig, TrafficConfig};
+use crate::backend::{Backend, LoadRequest, LoadedBackend};
+use crate::config::{self, Device, ModelConfigFile, RollbackConfig, TrafficConfig};
 use crate::error::KilnError;
 use crate::metrics::{self as m, VersionMetrics};
 use crate::model::{ModelSignature, Version};
@@ -373,34 +373,63 @@ impl Core {
         if !path.is_file() {
             return Err(format!("model file {} not found", path.display()));
         }
-        let req = LoadRequest {
-            model_name: name,
-            version,
-            path,
-            config: &cfg,
-        };
-        let loaded = self
-            .inner
-            .backends
-            .load(cfg.backend, &req)
-            .map_err(|e| e.to_string())?;
-        if let Some(why) = &loaded.fallback_reason {
-            tracing::warn!(
-                model = %name,
-                version = version.0,
-                "serving with {} because {why}",
-                loaded.name
-            );
+        // One loaded copy per device; instances on the same device share it.
+        let placements = cfg.placements();
+        let mut wanted: Vec<Device> = Vec::new();
+        for d in &placements {
+            if !wanted.contains(d) {
+                wanted.push(*d);
+            }
         }
-        let resolved = config::resolve_signature(loaded.backend.signature(), &cfg, path)
-            .map_err(|e| e.to_string())?;
-        let backend: Arc<dyn Backend> = Arc::from(loaded.backend);
-        if cfg.warms_up() {
-            warm_up(backend.as_ref(), &resolved.signature)?;
+        let mut copies: Vec<(Device, Device, LoadedBackend)> = Vec::with_capacity(wanted.len());
+        for &device in &wanted {
+            let (on, loaded) = self.load_on(name, version, path, &cfg, device)?;
+            copies.push((device, on, loaded));
         }
+        let (_, first_on, first) = &copies[0];
+        let (backend_name, platform) = (first.name, first.platform);
+        let resolved = config::resolve_signature(first.backend.signature(), &cfg, path)
+            .map_err(|e| e.to_string())?;
+        if let Some((_, on, other)) = copies[1..]
+            .iter()
+            .find(|(_, _, c)| c.backend.signature() != first.backend.signature())
+        {
+            return Err(format!(
+                "the model's inputs and outputs on {on} ({}) differ from those on {first_on} ({})",
+                other.name, first.name
+            ));
+        }
+        let mut by_device: Vec<(Device, Device, Arc<dyn Backend>)> = Vec::new();
+        for (wanted, on, loaded) in copies {
+            let backend: Arc<dyn Backend> = Arc::from(loaded.backend);
+            if cfg.warms_up() {
+                warm_up(backend.as_ref(), &resolved.signature)?;
+            }
+            by_device.push((wanted, on, backend));
+        }
+        // Each instance's copy, and the device it really runs on.
+        let (devices, backends): (Vec<Device>, Vec<Arc<dyn Backend>>) = placements
+            .iter()
+            .filter_map(|p| by_device.iter().find(|(w, _, _)| w == p))
+            .map(|(_, on, b)| (*on, b.clone()))
+            .unzip();
+        let mut device_label: Vec<String> = Vec::new();
+        for d in &devices {
+            if !device_label.contains(&d.to_string()) {
+                device_label.push(d.to_string());
+            }
+        }
+        tracing::info!(
+            model = %name,
+            version = version.0,
+            "loaded with {backend_name} on {} ({} instance{})",
+            device_label.join(", "),
+            devices.len(),
+            if devices.len() == 1 { "" } else { "s" }
+        );
         let label = format!("{name}:{version}");
         let v = version.to_string();
-        let metrics = Arc::new(VersionMetrics::new(name, &v));
+        let metrics = Arc::new(VersionMetrics::new(name, &v, &device_label.join(",")));
         let stats = Arc::new(VersionStats::default());
         let scheduling = SchedulerConfig {
             label: label.clone(),
@@ -413,10 +442,10 @@ impl Core {
                 .map(|&n| n as usize)
                 .collect(),
             max_queue_size: cfg.queue_size(),
-            instances: cfg.instances(),
+            instances: backends.len(),
             max_batch_cost: cfg.max_batch_tokens,
         };
-        let scheduler = Scheduler::start(scheduling, backend, metrics.clone(), stats.clone())
+        let scheduler = Scheduler::start(scheduling, backends, metrics.clone(), stats.clone())
             .map_err(|e| format!("cannot start compute threads: {e}"))?;
         metrics::gauge!(m::MODEL_LOAD_DURATION, "model" => name.to_string(), "version" => v.clone()).set(started.elapsed().as_secs_f64());
         metrics::gauge!(m::MODEL_VERSIONS_LOADED, "model" => name.to_string(), "version" => v.clone()).increment(1.0);
@@ -424,8 +453,9 @@ impl Core {
             name: name.to_string(),
             version,
             label,
-            backend: loaded.name,
-            platform: loaded.platform,
+            backend: backend_name,
+            platform,
+            devices,
             max_batch_size: resolved.max_batch_size,
             signature: resolved.signature,
             config: cfg,
@@ -435,6 +465,57 @@ impl Core {
             files,
             health: HealthRecorder::default(),
         })
+    }
+
+    /// Loads one copy of a version on `device`; with `cpu_fallback`, a GPU that
+    /// cannot be used gives a CPU copy and a warning. Returns where it runs.
+    fn load_on(
+        &self,
+        name: &str,
+        version: Version,
+        path: &Path,
+        cfg: &ModelConfigFile,
+        device: Device,
+    ) -> Result<(Device, LoadedBackend), String> {
+        let req = LoadRequest {
+            model_name: name,
+            version,
+            path,
+            config: cfg,
+            device,
+        };
+        let (on, loaded) = match self.inner.backends.load(cfg.backend, &req) {
+            Ok(loaded) => (device, loaded),
+            Err(e) if device != Device::Cpu && cfg.cpu_fallback() => {
+                tracing::warn!(
+                    model = %name,
+                    version = version.0,
+                    "cannot run on {device} ({e}); loading on the CPU instead (cpu_fallback = true)"
+                );
+                let cpu = LoadRequest {
+                    device: Device::Cpu,
+                    ..req
+                };
+                let loaded = self
+                    .inner
+                    .backends
+                    .load(cfg.backend, &cpu)
+                    .map_err(|cpu_e| {
+                        format!("cannot run on {device} ({e}), nor on the CPU: {cpu_e}")
+                    })?;
+                (Device::Cpu, loaded)
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        if let Some(why) = &loaded.fallback_reason {
+            tracing::warn!(
+                model = %name,
+                version = version.0,
+                "serving with {} because {why}",
+                loaded.name
+            );
+        }
+        Ok((on, loaded))
     }
 
     /// One scan of poll mode (blocking): loads models whose folder changed and has

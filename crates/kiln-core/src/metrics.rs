@@ -1,6 +1,8 @@
 //! Metric names, help texts and label sets: the one place they are defined.
 //!
-//! Every per-model series carries `model` and `version` labels. Labels only ever
+//! Every per-version series carries `model`, `version` and `device` labels
+//! (`device`: where the version's instances run, e.g. `cpu`, `cuda:0`, or
+//! `cuda:0,cuda:1` for instances on several devices). Labels only ever
 //! take names of models that exist, never a name a client made up.
 
 use metrics::{
@@ -166,12 +168,13 @@ pub struct VersionMetrics {
 }
 
 impl VersionMetrics {
-    pub fn new(model: &str, version: &str) -> Self {
+    pub fn new(model: &str, version: &str, device: &str) -> Self {
         let labels = [
             ("model", model.to_string()),
             ("version", version.to_string()),
+            ("device", device.to_string()),
         ];
-        let outcome = |o: Outcome| metrics::counter!(REQUESTS_TOTAL, "model" => model.to_string(), "version" => version.to_string(), "outcome" => o.as_str());
+        let outcome = |o: Outcome| metrics::counter!(REQUESTS_TOTAL, "model" => model.to_string(), "version" => version.to_string(), "device" => device.to_string(), "outcome" => o.as_str());
         VersionMetrics {
             outcomes: Outcome::ALL.map(outcome),
             request: metrics::histogram!(REQUEST_DURATION, &labels),

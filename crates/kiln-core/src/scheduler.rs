@@ -110,7 +110,8 @@ struct State {
 
 struct Shared {
     cfg: SchedulerConfig,
-    backend: Arc<dyn Backend>,
+    /// One per instance (instances on the same device share one copy).
+    backends: Vec<Arc<dyn Backend>>,
     output_names: Vec<String>,
     metrics: Arc<VersionMetrics>,
     stats: Arc<VersionStats>,
@@ -130,14 +131,18 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Starts the version's instance threads.
+    /// Starts the version's instance threads: `cfg.instances` of them, instance `i`
+    /// running `backends[i % backends.len()]`. `backends` must not be empty.
     pub fn start(
         cfg: SchedulerConfig,
-        backend: Arc<dyn Backend>,
+        backends: Vec<Arc<dyn Backend>>,
         metrics: Arc<VersionMetrics>,
         stats: Arc<VersionStats>,
     ) -> std::io::Result<Self> {
-        let output_names = backend
+        let Some(first) = backends.first() else {
+            return Err(std::io::Error::other("no backend to run"));
+        };
+        let output_names = first
             .signature()
             .outputs
             .iter()
@@ -147,7 +152,7 @@ impl Scheduler {
         metrics.queue_capacity.set(cfg.max_queue_size as f64);
         let shared = Arc::new(Shared {
             cfg,
-            backend,
+            backends,
             output_names,
             metrics,
             stats,
@@ -162,7 +167,7 @@ impl Scheduler {
             let sh = shared.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("kiln-{}-{i}", sh.cfg.label))
-                .spawn(move || instance(&sh));
+                .spawn(move || instance(&sh, i));
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => {
@@ -203,7 +208,7 @@ impl Scheduler {
                 sh.cfg.max_queue_size
             )));
         }
-        let cost = sh.backend.row_cost(&inputs).unwrap_or(1).max(1);
+        let cost = sh.backends[0].row_cost(&inputs).unwrap_or(1).max(1);
         st.jobs.push_back(Job {
             inputs,
             rows,
@@ -244,9 +249,10 @@ impl Drop for Scheduler {
     }
 }
 
-fn instance(sh: &Shared) {
+fn instance(sh: &Shared, i: usize) {
+    let backend = sh.backends[i % sh.backends.len()].as_ref();
     while let Some(batch) = next_batch(sh) {
-        execute(sh, batch);
+        execute(sh, backend, batch);
     }
 }
 
@@ -377,7 +383,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Runs one batch and answers each of its requests.
-fn execute(sh: &Shared, mut batch: Vec<Job>) {
+fn execute(sh: &Shared, backend: &dyn Backend, mut batch: Vec<Job>) {
     let label = &sh.cfg.label;
     // A client may have left between batching and now.
     batch.retain(|j| !j.reply.is_closed());
@@ -409,7 +415,7 @@ fn execute(sh: &Shared, mut batch: Vec<Job>) {
         Err(e) => Err(KilnError::internal(format!(
             "model {label}: cannot form a batch: {e}"
         ))),
-        Ok(inputs) => run_backend(sh, inputs),
+        Ok(inputs) => run_backend(sh, backend, inputs),
     };
     let t_infer = ran.elapsed();
     let split_at = Instant::now();
@@ -417,9 +423,10 @@ fn execute(sh: &Shared, mut batch: Vec<Job>) {
     let answers: Vec<Result<Vec<Tensor>, KilnError>> = match result {
         // The model refused some request's input: run each request alone, so that
         // only the one at fault fails.
-        Err(e) if !single && e.kind == ErrorKind::InvalidArgument => {
-            job_inputs.into_iter().map(|i| run_backend(sh, i)).collect()
-        }
+        Err(e) if !single && e.kind == ErrorKind::InvalidArgument => job_inputs
+            .into_iter()
+            .map(|i| run_backend(sh, backend, i))
+            .collect(),
         Err(e) => vec![Err(e); replies.len()],
         Ok(outputs) if single => vec![Ok(outputs)],
         Ok(outputs) => split_outputs(sh, outputs, &rows, total_rows),
@@ -443,9 +450,13 @@ fn execute(sh: &Shared, mut batch: Vec<Job>) {
 }
 
 /// Runs the backend, turning its errors and panics into the request's error.
-fn run_backend(sh: &Shared, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, KilnError> {
+fn run_backend(
+    sh: &Shared,
+    backend: &dyn Backend,
+    inputs: Vec<Tensor>,
+) -> Result<Vec<Tensor>, KilnError> {
     let label = &sh.cfg.label;
-    match std::panic::catch_unwind(AssertUnwindSafe(|| sh.backend.run(inputs))) {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| backend.run(inputs))) {
         Ok(Ok(outputs)) => Ok(outputs),
         Ok(Err(BackendError::InvalidInput(e))) => {
             Err(KilnError::invalid(format!("model {label}: {e}")))
@@ -578,8 +589,11 @@ mod tests {
 
     fn start(c: SchedulerConfig, b: Arc<Doubler>) -> (Scheduler, Arc<VersionStats>) {
         let stats = Arc::new(VersionStats::default());
-        let m = Arc::new(VersionMetrics::new("m", "1"));
-        (Scheduler::start(c, b, m, stats.clone()).unwrap(), stats)
+        let m = Arc::new(VersionMetrics::new("m", "1", "cpu"));
+        (
+            Scheduler::start(c, vec![b], m, stats.clone()).unwrap(),
+            stats,
+        )
     }
 
     /// Waits until an instance has taken everything queued.
@@ -857,8 +871,8 @@ mod tests {
         }
         let b = Arc::new(Summer(doubler(Duration::ZERO).sig.clone()));
         let stats = Arc::new(VersionStats::default());
-        let m = Arc::new(VersionMetrics::new("m", "1"));
-        let s = Scheduler::start(cfg(8, 0, 64, 1), b, m, stats).unwrap();
+        let m = Arc::new(VersionMetrics::new("m", "1", "cpu"));
+        let s = Scheduler::start(cfg(8, 0, 64, 1), vec![b], m, stats).unwrap();
         let first = s.submit(rows(1, 1, 1.0), 1, None).unwrap();
         wait_taken(&s);
         let a = s.submit(rows(1, 1, 1.0), 1, None).unwrap();

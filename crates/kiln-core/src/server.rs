@@ -74,6 +74,8 @@ pub struct ModelVersion {
     pub label: String,
     pub backend: &'static str,
     pub platform: &'static str,
+    /// The device each instance runs on (after any `cpu_fallback`).
+    pub devices: Vec<crate::config::Device>,
     pub max_batch_size: u32,
     pub signature: ModelSignature,
     pub config: ModelConfigFile,
@@ -89,6 +91,18 @@ pub struct ModelVersion {
 impl ModelVersion {
     pub fn queue_depth(&self) -> usize {
         self.scheduler.queue_depth()
+    }
+
+    /// Instances per device, in the order of the config (Triton's instance groups).
+    pub fn instance_groups(&self) -> Vec<(crate::config::Device, usize)> {
+        let mut groups: Vec<(crate::config::Device, usize)> = Vec::new();
+        for d in &self.devices {
+            match groups.iter_mut().find(|(g, _)| g == d) {
+                Some((_, n)) => *n += 1,
+                None => groups.push((*d, 1)),
+            }
+        }
+        groups
     }
 
     /// How the version schedules requests (batching, delay, queue, instances).

@@ -11,7 +11,7 @@ pub mod pb {
 }
 
 use futures_util::{Stream, StreamExt};
-use kiln_core::config::{config_dims, input_config_dims, scalar_per_row, VersionPolicy};
+use kiln_core::config::{config_dims, input_config_dims, scalar_per_row, Device, VersionPolicy};
 use kiln_core::{Core, ErrorKind, KilnError, ModelVersion};
 use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use pb::*;
@@ -134,12 +134,23 @@ fn model_config(mv: &ModelVersion) -> ModelConfig {
                 dims: config_dims(s, mb),
             })
             .collect(),
-        instance_group: vec![ModelInstanceGroup {
-            name: format!("{}_0", mv.name),
-            count: i32::try_from(mv.config.instances()).unwrap_or(1),
-            gpus: vec![],
-            kind: model_instance_group::Kind::Cpu as i32,
-        }],
+        instance_group: mv
+            .instance_groups()
+            .iter()
+            .enumerate()
+            .map(|(i, (device, count))| ModelInstanceGroup {
+                name: format!("{}_{i}", mv.name),
+                count: i32::try_from(*count).unwrap_or(i32::MAX),
+                gpus: match device {
+                    Device::Cpu => vec![],
+                    Device::Cuda(n) => vec![i32::try_from(*n).unwrap_or(i32::MAX)],
+                },
+                kind: match device {
+                    Device::Cpu => model_instance_group::Kind::Cpu,
+                    Device::Cuda(_) => model_instance_group::Kind::Gpu,
+                } as i32,
+            })
+            .collect(),
         default_model_filename: mv.config.model_filename().to_string(),
         scheduling_choice: {
             let s = mv.scheduling();

@@ -1,7 +1,7 @@
 //! JSON shapes of metadata, model config and the repository index.
 
-use kiln_core::config::VersionPolicy;
 use kiln_core::config::{config_dims, input_config_dims, input_metadata_shape, scalar_per_row};
+use kiln_core::config::{Device, VersionPolicy};
 use kiln_core::stats::{StatDuration, StatsSnapshot};
 use kiln_core::{IndexEntry, LoadReport, ModelVersion, TensorSpec, TrafficView, Version};
 use serde_json::{json, Value};
@@ -52,7 +52,10 @@ pub fn config(mv: &ModelVersion) -> Value {
             "data_type": s.dtype.config_name(),
             "dims": config_dims(s, mb),
         })).collect::<Vec<_>>(),
-        "instance_group": [{ "name": format!("{}_0", mv.name), "kind": "KIND_CPU", "count": mv.config.instances() }],
+        "instance_group": mv.instance_groups().iter().enumerate().map(|(i, (device, count))| match device {
+            Device::Cpu => json!({ "name": format!("{}_{i}", mv.name), "kind": "KIND_CPU", "count": count }),
+            Device::Cuda(n) => json!({ "name": format!("{}_{i}", mv.name), "kind": "KIND_GPU", "count": count, "gpus": [n] }),
+        }).collect::<Vec<_>>(),
         "default_model_filename": mv.config.model_filename(),
         "parameters": {},
     });

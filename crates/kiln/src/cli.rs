@@ -56,6 +56,13 @@ pub struct Args {
     #[arg(long, env = "KILN_ONNXRUNTIME_LIB")]
     pub onnxruntime_lib: Option<PathBuf>,
 
+    /// Directories (separated by ':') searched first for the CUDA 13 and cuDNN 9
+    /// libraries of ONNX Runtime's CUDA provider; then NVIDIA's pip wheels beside
+    /// ONNX Runtime, $CUDA_HOME/lib64, /usr/local/cuda/lib64 and the system's
+    /// library directories (see the README).
+    #[arg(long, env = "KILN_CUDA_LIBRARY_PATH", value_delimiter = ':')]
+    pub cuda_library_path: Vec<PathBuf>,
+
     /// Largest HTTP request body, in bytes.
     #[arg(long, env = "KILN_HTTP_MAX_BODY_BYTES", default_value_t = 64 << 20)]
     pub http_max_body_bytes: usize,

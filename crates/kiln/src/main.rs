@@ -84,7 +84,10 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
         .context("cannot start the GPU metrics sampler")?;
     }
 
-    let ort = Arc::new(OrtFactory::new(args.onnxruntime_lib.clone()));
+    let ort = Arc::new(
+        OrtFactory::new(args.onnxruntime_lib.clone())
+            .with_cuda_library_path(args.cuda_library_path.clone()),
+    );
     let ort_probe = ort.clone();
     match tokio::task::spawn_blocking(move || {
         ort_probe

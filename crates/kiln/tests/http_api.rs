@@ -322,11 +322,15 @@ fn metrics_count_requests_per_model_and_version() {
             .find(|l| l.starts_with(needle) || (l.contains(needle) && !l.starts_with('#')))
             .map(str::to_owned)
     };
-    let ok = line("kiln_requests_total{model=\"mlp_tiny\",version=\"1\",outcome=\"success\"}")
-        .unwrap_or_else(|| panic!("{text}"));
+    let ok = line(
+        "kiln_requests_total{model=\"mlp_tiny\",version=\"1\",device=\"cpu\",outcome=\"success\"}",
+    )
+    .unwrap_or_else(|| panic!("{text}"));
     assert!(ok.ends_with(" 3"), "{ok}");
-    let bad =
-        line("kiln_requests_total{model=\"mlp_tiny\",version=\"1\",outcome=\"invalid\"}").unwrap();
+    let bad = line(
+        "kiln_requests_total{model=\"mlp_tiny\",version=\"1\",device=\"cpu\",outcome=\"invalid\"}",
+    )
+    .unwrap();
     assert!(bad.ends_with(" 1"), "{bad}");
     assert!(
         text.contains("kiln_request_duration_seconds_bucket{model=\"mlp_tiny\",version=\"1\""),

@@ -886,7 +886,7 @@ fn shadow_traffic_is_compared_and_discarded() {
     assert_eq!(
         metric(
             srv.http,
-            "kiln_requests_total{model=\"m\",version=\"2\",outcome=\"success\"}"
+            "kiln_requests_total{model=\"m\",version=\"2\",device=\"cpu\",outcome=\"success\"}"
         ),
         Some(0.0)
     );

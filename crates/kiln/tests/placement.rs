@@ -101,3 +101,69 @@ fn gpu_placements_fail_clearly_and_cpu_models_serve() {
         eprintln!("{m}: {why}");
     }
 }
+
+#[test]
+fn per_instance_devices_and_logged_cpu_fallback() {
+    let repo = tempfile::tempdir().unwrap();
+    // Three instances on the CPU, given as a device list.
+    place(
+        repo.path(),
+        "three",
+        "add1.onnx",
+        "devices = [\"cpu\"]\ninstance_count = 3\n",
+    );
+    // A GPU instance beside a CPU one: without a usable GPU the load fails...
+    place(
+        repo.path(),
+        "mixed",
+        "add1.onnx",
+        "devices = [\"cpu\", \"cuda:0\"]\n",
+    );
+    // ...unless the model allows the CPU instead, which is logged.
+    place(
+        repo.path(),
+        "fallback",
+        "add1.onnx",
+        "device = \"cuda:0\"\ncpu_fallback = true\n",
+    );
+    let srv = common::start(
+        repo.path().to_str().unwrap(),
+        &["--strict-readiness", "false"],
+    );
+    let index = post_json(srv.http, "/v2/repository/index", &json!({}))
+        .json()
+        .as_array()
+        .unwrap()
+        .clone();
+    let mixed = reason(&index, "mixed");
+    assert!(mixed.contains("cuda:0"), "{mixed}");
+    let body = json!({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]});
+    for m in ["three", "fallback"] {
+        let r = post_json(srv.http, &format!("/v2/models/{m}/infer"), &body);
+        assert_eq!(r.status, 200, "{m}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["outputs"][0]["data"], json!([2.0, 3.0, 4.0, 5.0]));
+    }
+    // Triton's instance groups show where instances run.
+    let c = get(srv.http, "/v2/models/three/config").json();
+    assert_eq!(
+        c["instance_group"],
+        json!([{"name": "three_0", "kind": "KIND_CPU", "count": 3}])
+    );
+    let c = get(srv.http, "/v2/models/fallback/config").json();
+    assert_eq!(c["instance_group"][0]["kind"], "KIND_CPU", "{c}");
+    // The fallback is in the log, and the metrics say where it really runs.
+    assert!(
+        srv.startup_log.iter().any(|l| l.contains("fallback")
+            && l.contains("cannot run on cuda:0")
+            && l.contains("loading on the CPU instead")),
+        "{:#?}",
+        srv.startup_log
+    );
+    let metrics = String::from_utf8(get(srv.http, "/metrics").body).unwrap();
+    for m in ["three", "fallback"] {
+        let line = format!(
+            "kiln_requests_total{{model=\"{m}\",version=\"1\",device=\"cpu\",outcome=\"success\"}} 1"
+        );
+        assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+    }
+}

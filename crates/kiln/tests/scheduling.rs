@@ -116,10 +116,16 @@ fn concurrent_http_clients_each_get_their_own_rows() {
         .sum();
     assert_eq!(batched, rows as u64);
     assert!(
-        metric(port, "kiln_batch_size_count{model=\"scale\",version=\"1\"}") == executions as f64
+        metric(
+            port,
+            "kiln_batch_size_count{model=\"scale\",version=\"1\",device=\"cpu\"}"
+        ) == executions as f64
     );
     assert_eq!(
-        metric(port, "kiln_inferences_total{model=\"scale\",version=\"1\"}"),
+        metric(
+            port,
+            "kiln_inferences_total{model=\"scale\",version=\"1\",device=\"cpu\"}"
+        ),
         rows as f64
     );
 }
@@ -238,7 +244,7 @@ fn full_queue_rejects_at_once_over_http() {
     }
     let rejected = metric(
         port,
-        "kiln_requests_total{model=\"slow\",version=\"1\",outcome=\"rejected\"}",
+        "kiln_requests_total{model=\"slow\",version=\"1\",device=\"cpu\",outcome=\"rejected\"}",
     );
     assert_eq!(rejected, full.len() as f64);
     // Nothing accepted was lost, and the version still serves.
@@ -295,17 +301,23 @@ fn queued_requests_time_out_or_leave_without_being_computed() {
     let outcome = |o: &str| {
         metric(
             port,
-            &format!("kiln_requests_total{{model=\"slow\",version=\"1\",outcome=\"{o}\"}}"),
+            &format!("kiln_requests_total{{model=\"slow\",version=\"1\",device=\"cpu\",outcome=\"{o}\"}}"),
         )
     };
     assert_eq!(outcome("timeout"), 1.0);
     assert_eq!(outcome("cancelled"), 1.0);
     assert_eq!(
-        metric(port, "kiln_queue_depth{model=\"slow\",version=\"1\"}"),
+        metric(
+            port,
+            "kiln_queue_depth{model=\"slow\",version=\"1\",device=\"cpu\"}"
+        ),
         0.0
     );
     assert_eq!(
-        metric(port, "kiln_inflight_requests{model=\"slow\",version=\"1\"}"),
+        metric(
+            port,
+            "kiln_inflight_requests{model=\"slow\",version=\"1\",device=\"cpu\"}"
+        ),
         0.0
     );
     // A malformed timeout is the client's error.
@@ -368,7 +380,7 @@ async fn grpc_deadlines_queue_limits_and_cancellation() {
         let t = Instant::now();
         while metric(
             http_port,
-            "kiln_inflight_requests{model=\"slow\",version=\"1\"}",
+            "kiln_inflight_requests{model=\"slow\",version=\"1\",device=\"cpu\"}",
         ) < 1.0
         {
             assert!(
@@ -485,7 +497,7 @@ fn a_failing_request_fails_alone_and_the_version_keeps_serving() {
     assert!(
         metric(
             port,
-            "kiln_requests_total{model=\"gather\",version=\"1\",outcome=\"error\"}"
+            "kiln_requests_total{model=\"gather\",version=\"1\",device=\"cpu\",outcome=\"error\"}"
         ) >= 5.0
     );
 }

@@ -13,6 +13,9 @@ pub struct Server {
     pub http: u16,
     pub grpc: u16,
     pub log: mpsc::Receiver<String>,
+    /// What it logged up to "model repository loaded".
+    #[allow(dead_code)]
+    pub startup_log: Vec<String>,
 }
 
 impl Server {
@@ -43,14 +46,25 @@ impl Drop for Server {
     }
 }
 
+/// The source tree: `KILN_TEST_ROOT`, or where the tests were built (the GPU
+/// machine runs test binaries built elsewhere, with both set).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    std::env::var_os("KILN_TEST_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."))
+}
+
+/// The kiln binary: `KILN_TEST_BIN`, or the one cargo built beside the tests.
+pub fn kiln_bin() -> PathBuf {
+    std::env::var_os("KILN_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kiln")))
 }
 
 /// Starts kiln on `repo` (relative to the source root) with extra flags, and waits
 /// until the repository is loaded.
 pub fn start(repo: &str, extra: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+    let mut child = Command::new(kiln_bin())
         .current_dir(repo_root())
         .args([
             "--model-repository",
@@ -89,10 +103,12 @@ pub fn start(repo: &str, extra: &[&str]) -> Server {
         }
     });
     let (mut http, mut grpc) = (0, 0);
+    let mut startup_log = Vec::new();
     loop {
         let line = rx
             .recv_timeout(Duration::from_secs(60))
             .expect("kiln did not start in time");
+        startup_log.push(line.clone());
         let port = |l: &str| {
             l.rsplit(':')
                 .next()
@@ -113,6 +129,7 @@ pub fn start(repo: &str, extra: &[&str]) -> Server {
         http,
         grpc,
         log: rx,
+        startup_log,
     }
 }
 
