@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Packs what a GPU run on the lent device machine needs, which has no Rust toolchain
-# and no network: the stripped release binary and ONNX Runtime's GPU libraries from
-# the onnxruntime-gpu wheel (the CUDA provider alone is 284 MB). The device tool
+# and no network: the stripped release binary, the GPU integration test and the
+# in-process benchmark (built here), perf_analyzer, the benchmark models, and ONNX
+# Runtime's GPU libraries from the onnxruntime-gpu wheel (the CUDA provider alone is
+# 284 MB). The device tool
 # carries at most 64 MiB a call, working tree included, so the bundle is split into
 # parts under .gpu-carry/ (git-ignored), to carry one a call, back to back while the
 # machine is warm:
@@ -29,6 +31,23 @@ for n in z.namelist():
 PY
 cargo build --release --locked ${KILN_CARGO_FEATURES:+--features "$KILN_CARGO_FEATURES"}
 cp target/release/kiln "$stage/kiln" && strip "$stage/kiln"
+# The GPU integration test and the in-process benchmark, built here to run there.
+exe() { python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == sys.argv[1] and m.get("executable"):
+        print(m["executable"])' "$1" | tail -n 1; }
+cp "$(cargo test --release --locked -p kiln --test gpu --no-run --message-format=json 2>/dev/null | exe gpu)" "$stage/gpu-test"
+cp "$(cargo bench --locked -p kiln-backend-ort --bench ort_inprocess --no-run --message-format=json 2>/dev/null | exe ort_inprocess)" "$stage/ort_inprocess"
+strip "$stage/gpu-test" "$stage/ort_inprocess"
+# perf_analyzer (tritonclient 2.51.0 wheel) and the two libraries it needs that the
+# GPU machine lacks; the heavy benchmark model.
+venv=$(scripts/setup-python.sh | tail -n 1)
+mkdir -p "$stage/pa"
+cp "$venv/bin/perf_analyzer" "$stage/pa/"
+cp /lib/x86_64-linux-gnu/libb64.so.0d "$stage/pa/"
+cp "$("$venv/bin/python" -c 'import nvidia.cuda_runtime,os;print(os.path.join(list(nvidia.cuda_runtime.__path__)[0],"lib"))')/libcudart.so.12" "$stage/pa/"
+"$venv/bin/python" scripts/make_models.py --bench-models "$stage/models" >/dev/null
 rm -f .gpu-carry/part*
 tar -C "$stage" -cz . | split -b 60M -d - .gpu-carry/part
 ls -la .gpu-carry
