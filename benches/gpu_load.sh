@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU load benchmark, run on the GPU machine after scripts/gpu/bundle.sh's parts were
 # unpacked into /tmp/kiln-gpu (scripts/gpu/check.sh does that first). For each model
-# (mlp_heavy, cnn_small) on cuda:0, per repetition, interleaved:
+# (mlp_heavy, cnn_small) on $DEVICE (default cuda:0), per repetition, interleaved:
 #   inprocess  the in-process limit: Kiln's ONNX Runtime backend on the same GPU,
 #              called directly (benches/ort_inprocess.rs), by batch size and by threads;
 #   kiln       Kiln over gRPC, perf_analyzer at each concurrency, one row per request,
@@ -17,17 +17,20 @@ reps=${REPS:-2}
 window=${WINDOW_MS:-1500}
 conc=${CONCURRENCY:-"1 2 4 8 16 32 64"}
 models=${MODELS:-"mlp_heavy cnn_small"}
+# DEVICE=cpu runs the same pipeline without a GPU (to try the tooling).
+device=${DEVICE:-cuda:0}
 export ORT_DYLIB_PATH=$D/libonnxruntime.so.1.31.1 NO_COLOR=1
 repo=$D/bench-repo
 rm -rf "$repo" && mkdir -p "$repo"
 for m in $models; do
   src=$D/models/$m; [ -d "$src" ] || src=$PWD/models/$m
   mkdir -p "$repo/$m/1" && cp "$src/1/model.onnx" "$repo/$m/1/"
-  printf 'device = "cuda:0"\nmax_batch_size = 64\n' >"$repo/$m/config.toml"
+  printf 'device = "%s"\nmax_batch_size = 64\n' "$device" >"$repo/$m/config.toml"
 done
 {
   echo "date: $(date -u +%FT%TZ)"
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
+  echo "device: $device"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1
   echo "cpu: $(nproc) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
   echo "kiln: $("$D/kiln" --version 2>&1 | head -1)"
   echo "perf_analyzer: tritonclient 2.51.0 wheel, --measurement-interval $window, --stability-percentage 200, --max-trials 4, reps $reps"
@@ -53,7 +56,7 @@ echo "rep,model,mode,n,samples_per_s,p50_ms,p99_ms,calls" >"$out/inprocess.csv"
 echo "rep,model,concurrency,infer_per_s,p50_us,p90_us,p99_us,avg_batch,start,end" >"$out/served.csv"
 for rep in $(seq "$reps"); do
   for m in $models; do
-    "$D/ort_inprocess" "$repo/$m" --device cuda:0 --seconds 1 \
+    "$D/ort_inprocess" "$repo/$m" --device "$device" --seconds 1 \
       --batches 1,2,4,8,16,32,64 --threads "$(echo "$conc" | tr ' ' ',')" 2>>"$out/inprocess.log" \
       | sed "s/^/$rep,/" >>"$out/inprocess.csv"
     for c in $conc; do
@@ -79,6 +82,6 @@ PY
   done
 done
 curl -fs localhost:18100/v2/models/stats >"$out/stats.json"
-nvidia-smi --query-compute-apps=pid,used_memory --format=csv >>"$out/machine.txt"
+nvidia-smi --query-compute-apps=pid,used_memory --format=csv >>"$out/machine.txt" 2>&1
 kill -TERM "$pid"; wait "$pid"; echo "kiln exit status $?"
 kill "$sampler" 2>/dev/null
