@@ -303,16 +303,22 @@ impl BackendFactory for OrtFactory {
                 // library has no CUDA execution provider, or CUDA, cuDNN or the GPU
                 // cannot be had: a model placed on a GPU never runs on the CPU silently.
                 let cuda = ort::ep::CUDA::default()
-                    .with_device_id(n as i32)
+                    .with_device_id(i32::try_from(n).unwrap_or(i32::MAX))
                     .with_tf32(req.config.tf32())
                     .build()
                     .error_on_failure();
                 builder = builder.with_execution_providers([cuda]).map_err(|e| {
+                    let e = ort::Error::<()>::from(e).to_string();
+                    let driver = if e.contains("libcuda.so") {
+                        " (libcuda.so.1 is the NVIDIA driver's: this machine or container has no driver)"
+                    } else {
+                        ""
+                    };
                     load_err(format!(
                         "device = \"cuda:{n}\": ONNX Runtime's CUDA execution provider cannot be used ({}); \
                          it needs the onnxruntime-gpu library (libonnxruntime_providers_cuda.so beside \
                          libonnxruntime.so), CUDA 13 and cuDNN 9 libraries, and a visible GPU {n}",
-                        ort::Error::<()>::from(e)
+                        e.trim_end().to_string() + driver
                     ))
                 })?;
             }
