@@ -66,12 +66,25 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
 /// Candle's device for a model's `device` setting. CUDA needs the `cuda` cargo
 /// feature (CUDA toolkit with nvcc at build time); without it a GPU placement is
 /// a clear load error, never a silent CPU run.
+/// A Candle error's message without the backtrace Candle attaches when
+/// `RUST_BACKTRACE` is set: clients and the repository index get the message only.
+fn plain(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => plain(inner),
+        e => e.to_string(),
+    }
+}
+
 fn candle_device(d: kiln_core::Device) -> Result<Device, String> {
     match d {
         kiln_core::Device::Cpu => Ok(Device::Cpu),
         #[cfg(feature = "cuda")]
-        kiln_core::Device::Cuda(n) => Device::new_cuda(n as usize)
-            .map_err(|e| format!("device = \"cuda:{n}\": Candle cannot open the GPU: {e}")),
+        kiln_core::Device::Cuda(n) => Device::new_cuda(n as usize).map_err(|e| {
+            format!(
+                "device = \"cuda:{n}\": Candle cannot open the GPU: {}",
+                plain(&e)
+            )
+        }),
         #[cfg(not(feature = "cuda"))]
         kiln_core::Device::Cuda(n) => Err(format!(
             "device = \"cuda:{n}\": this build of Kiln has no CUDA support in Candle \
@@ -84,11 +97,11 @@ fn weights(path: &Path, device: &Device) -> Result<VarBuilder<'static>, String> 
     // Read into memory rather than mmap: the file may be replaced while serving.
     let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     VarBuilder::from_buffered_safetensors(data, DType::F32, device)
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|e| format!("{}: {}", path.display(), plain(&e)))
 }
 
 fn run_err(e: candle_core::Error) -> BackendError {
-    BackendError::Run(e.to_string())
+    BackendError::Run(plain(&e))
 }
 
 /// BERT sentence embeddings.
@@ -111,8 +124,13 @@ impl BertEmbedding {
         let dir = req.path.parent().unwrap_or(Path::new("."));
         let device = candle_device(req.device)?;
         let config: BertConfig = read_json(&dir.join("config.json"))?;
-        let model = BertModel::load(weights(req.path, &device)?, &config)
-            .map_err(|e| format!("cannot build BERT from {}: {e}", req.path.display()))?;
+        let model = BertModel::load(weights(req.path, &device)?, &config).map_err(|e| {
+            format!(
+                "cannot build BERT from {}: {}",
+                req.path.display(),
+                plain(&e)
+            )
+        })?;
         let tok_path = dir.join("tokenizer.json");
         let mut tokenizer = Tokenizer::from_file(&tok_path)
             .map_err(|e| format!("cannot read {}: {e}", tok_path.display()))?;
@@ -295,7 +313,7 @@ impl Mlp {
         let mut layers = Vec::new();
         for (i, pair) in cfg.sizes.windows(2).enumerate() {
             let l = candle_nn::linear(pair[0], pair[1], vb.pp(format!("layers.{i}")))
-                .map_err(|e| format!("layer {i} ({} -> {}): {e}", pair[0], pair[1]))?;
+                .map_err(|e| format!("layer {i} ({} -> {}): {}", pair[0], pair[1], plain(&e)))?;
             layers.push(l);
         }
         let spec = |name: &str, n: usize| TensorSpec {
@@ -359,6 +377,17 @@ impl Backend for Mlp {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn candle_errors_lose_their_backtraces() {
+        let e = candle_core::Error::WithBacktrace {
+            inner: Box::new(candle_core::Error::Msg("no device".into())),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        assert!(e.to_string().len() > "no device".len());
+        assert_eq!(super::plain(&e), "no device");
+        assert_eq!(super::plain(&candle_core::Error::Msg("x".into())), "x");
+    }
+
     #[cfg(not(feature = "cuda"))]
     #[test]
     fn a_gpu_placement_without_the_cuda_feature_is_a_clear_error() {
