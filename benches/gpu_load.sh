@@ -17,6 +17,9 @@ reps=${REPS:-2}
 window=${WINDOW_MS:-1500}
 conc=${CONCURRENCY:-"1 2 4 8 16 32 64"}
 models=${MODELS:-"mlp_heavy cnn_small"}
+# MINILM=1 adds MiniLM on Candle (needs the bundle made with KILN_CARGO_FEATURES=cuda
+# for a GPU): short (12-token) and long (128-token) texts, one per request.
+minilm=${MINILM:-0}
 # DEVICE=cpu runs the same pipeline without a GPU (to try the tooling).
 device=${DEVICE:-cuda:0}
 export ORT_DYLIB_PATH=$D/libonnxruntime.so.1.31.1 NO_COLOR=1
@@ -27,6 +30,15 @@ for m in $models; do
   mkdir -p "$repo/$m/1" && cp "$src/1/model.onnx" "$repo/$m/1/"
   printf 'device = "%s"\nmax_batch_size = 64\n' "$device" >"$repo/$m/config.toml"
 done
+if [ "$minilm" = 1 ]; then
+  src=$D/models/minilm; [ -d "$src" ] || src=$PWD/models/minilm
+  mkdir -p "$repo/minilm" && cp -r "$src/1" "$repo/minilm/"
+  { grep -v '^device' "$src/config.toml"; echo "device = \"$device\""; } >"$repo/minilm/config.toml"
+  seed="The quick brown fox jumps over the lazy dog while the server answers every request in order. "
+  long="${seed}${seed}${seed}${seed}${seed}${seed}one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen"
+  printf '{"data": [{"text": ["%s"]}]}' "A man is eating a piece of bread today." >"$out/short.json"
+  printf '{"data": [{"text": ["%s"]}]}' "$long" >"$out/long.json"
+fi
 {
   echo "date: $(date -u +%FT%TZ)"
   echo "device: $device"
@@ -54,21 +66,31 @@ sampler=$!
 
 echo "rep,model,mode,n,samples_per_s,p50_ms,p99_ms,calls" >"$out/inprocess.csv"
 echo "rep,model,concurrency,infer_per_s,p50_us,p90_us,p99_us,avg_batch,start,end" >"$out/served.csv"
+points=$models
+[ "$minilm" = 1 ] && points="$points minilm-short minilm-long"
 for rep in $(seq "$reps"); do
-  for m in $models; do
-    "$D/ort_inprocess" "$repo/$m" --device "$device" --seconds 1 \
+  if [ "$minilm" = 1 ]; then
+    # length,batch,sentences_per_s,p50_ms,p99_ms,calls -> the in-process rows.
+    "$D/minilm_inprocess" 1 --model-dir "$repo/minilm" --device "$device" \
+      --batches "$(echo "$conc" | tr ' ' ',')" 2>>"$out/inprocess.log" | tail -n +2 \
+      | awk -F, -v rep="$rep" '{ print rep ",minilm-" $1 ",batch," $2 "," $3 "," $4 "," $5 "," $6 }' >>"$out/inprocess.csv"
+  fi
+  for p in $points; do
+    m=${p%%-*}; input=()
+    case $p in minilm-*) input=(--input-data "$out/${p#minilm-}.json") ;; esac
+    [ "$m" = minilm ] || "$D/ort_inprocess" "$repo/$m" --device "$device" --seconds 1 \
       --batches 1,2,4,8,16,32,64 --threads "$(echo "$conc" | tr ' ' ',')" 2>>"$out/inprocess.log" \
       | sed "s/^/$rep,/" >>"$out/inprocess.csv"
     for c in $conc; do
-      f=$out/pa-$rep-$m-$c
+      f=$out/pa-$rep-$p-$c
       curl -fs "localhost:18100/v2/models/$m/stats" >"$f.before.json"
       t0=$(date +%s.%N)
       LD_LIBRARY_PATH=$D/pa timeout 120 "$D/pa/perf_analyzer" -m "$m" -u 127.0.0.1:18101 -i grpc \
         --concurrency-range "$c" --measurement-interval "$window" --stability-percentage 200 \
-        --max-trials 4 -f "$f.csv" >"$f.log" 2>&1 || { echo "perf_analyzer failed: $m c$c"; tail -5 "$f.log"; continue; }
+        --max-trials 4 "${input[@]}" -f "$f.csv" >"$f.log" 2>&1 || { echo "perf_analyzer failed: $p c$c"; tail -5 "$f.log"; continue; }
       t1=$(date +%s.%N)
       curl -fs "localhost:18100/v2/models/$m/stats" >"$f.after.json"
-      python3 - "$f" "$rep,$m,$c" "$t0" "$t1" >>"$out/served.csv" <<'PY'
+      python3 - "$f" "$rep,$p,$c" "$t0" "$t1" >>"$out/served.csv" <<'PY'
 import csv, json, sys
 f = sys.argv[1]
 r = next(csv.DictReader(open(f + ".csv")))

@@ -2,15 +2,17 @@
 //! serves, called directly on this thread with batches of the sizes the server
 //! forms, no network or queue in between.
 //!
-//!     cargo bench -p kiln-backend-candle --bench minilm_inprocess [-- SECONDS]
+//!     cargo bench -p kiln-backend-candle --bench minilm_inprocess [-- SECONDS] \
+//!         [--model-dir models/minilm] [--device cuda:0] [--batches 1,8,32]
 //!
-//! Needs models/minilm (scripts/fetch_minilm.py). Prints sentences/s and the
+//! Needs models/minilm (scripts/fetch_minilm.py); `--device cuda:0` needs
+//! `--features cuda`. Prints sentences/s and the
 //! p50/p99 of one call per (text length, batch size).
 
 use kiln_backend_candle::CandleFactory;
 use kiln_core::backend::{BackendFactory, LoadRequest};
 use kiln_core::config::ModelConfigFile;
-use kiln_core::{Tensor, Version};
+use kiln_core::{Device, Tensor, Version};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -25,14 +27,29 @@ fn long_text() -> String {
 }
 
 fn main() {
-    let secs: f64 = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(3.0);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let dir = root.join("models/minilm");
+    // [SECONDS] [--model-dir DIR] [--device cuda:0] [--batches 1,8,32]
+    let (mut secs, mut dir, mut device) = (3.0f64, None, None);
+    let mut batches = vec![1usize, 8, 32];
+    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--model-dir" => dir = args.next().map(std::path::PathBuf::from),
+            "--device" => device = args.next().map(|d| Device::parse(&d).expect("a device")),
+            "--batches" => {
+                batches = args
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter_map(|n| n.parse().ok())
+                    .collect()
+            }
+            other => secs = other.parse().unwrap_or(secs),
+        }
+    }
+    let dir =
+        dir.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/minilm"));
     if !dir.join("1/model.safetensors").is_file() {
-        eprintln!("models/minilm is missing: run scripts/fetch_minilm.py");
+        eprintln!("{} is missing: run scripts/fetch_minilm.py", dir.display());
         return;
     }
     let cfg = ModelConfigFile::load(&dir).expect("config");
@@ -43,13 +60,13 @@ fn main() {
             version: Version(1),
             path: &path,
             config: &cfg,
-            device: cfg.device(),
+            device: device.unwrap_or_else(|| cfg.device()),
         })
         .expect("load");
     let long = long_text();
     println!("length,batch,sentences_per_s,p50_ms,p99_ms,calls");
     for (name, text) in [("short", SHORT), ("long", long.as_str())] {
-        for batch in [1usize, 8, 32] {
+        for &batch in &batches {
             let input =
                 || Tensor::from_byte_elements(vec![batch], &vec![text.as_bytes(); batch]).unwrap();
             backend.run(vec![input()]).unwrap(); // warm

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Packs what a GPU run on the lent device machine needs, which has no Rust toolchain
-# and no network: the stripped release binary, the GPU integration test and the
+# and no network (KILN_CARGO_FEATURES=cuda, under scripts/gpu/cuda-env.sh, for
+# Candle on CUDA): the stripped release binary, the GPU integration test and the
 # in-process benchmark (built here), perf_analyzer, the benchmark models, and ONNX
 # Runtime's GPU libraries from the onnxruntime-gpu wheel (the CUDA provider alone is
 # 284 MB). The device tool
@@ -29,7 +30,7 @@ for n in z.namelist():
     if n.startswith("onnxruntime/capi/libonnxruntime") and ".so" in base:
         open(f"{sys.argv[2]}/{base}", "wb").write(z.read(n))
 PY
-cargo build --release --locked ${KILN_CARGO_FEATURES:+--features "$KILN_CARGO_FEATURES"}
+cargo build --release --locked -p kiln ${KILN_CARGO_FEATURES:+--features "$KILN_CARGO_FEATURES"}
 cp target/release/kiln "$stage/kiln" && strip "$stage/kiln"
 # The GPU integration test and the in-process benchmark, built here to run there.
 exe() { python3 -c 'import json,sys
@@ -39,7 +40,8 @@ for l in sys.stdin:
         print(m["executable"])' "$1" | tail -n 1; }
 cp "$(cargo test --release --locked -p kiln --test gpu --no-run --message-format=json 2>/dev/null | exe gpu)" "$stage/gpu-test"
 cp "$(cargo bench --locked -p kiln-backend-ort --bench ort_inprocess --no-run --message-format=json 2>/dev/null | exe ort_inprocess)" "$stage/ort_inprocess"
-strip "$stage/gpu-test" "$stage/ort_inprocess"
+cp "$(cargo bench --locked -p kiln-backend-candle ${KILN_CARGO_FEATURES:+--features "$KILN_CARGO_FEATURES"} --bench minilm_inprocess --no-run --message-format=json 2>/dev/null | exe minilm_inprocess)" "$stage/minilm_inprocess"
+strip "$stage/gpu-test" "$stage/ort_inprocess" "$stage/minilm_inprocess"
 # perf_analyzer (tritonclient 2.51.0 wheel) and the two libraries it needs that the
 # GPU machine lacks; the heavy benchmark model.
 venv=$(scripts/setup-python.sh | tail -n 1)
@@ -48,6 +50,7 @@ cp "$venv/bin/perf_analyzer" "$stage/pa/"
 cp /lib/x86_64-linux-gnu/libb64.so.0d "$stage/pa/"
 cp "$("$venv/bin/python" -c 'import nvidia.cuda_runtime,os;print(os.path.join(list(nvidia.cuda_runtime.__path__)[0],"lib"))')/libcudart.so.12" "$stage/pa/"
 "$venv/bin/python" scripts/make_models.py --bench-models "$stage/models" >/dev/null
+cp -r models/minilm "$stage/models/"
 rm -f .gpu-carry/part*
 tar -C "$stage" -cz . | split -b 60M -d - .gpu-carry/part
 ls -la .gpu-carry

@@ -6,6 +6,8 @@
 //!
 //! On the lent GPU machine, which has no Rust toolchain, the test binary built
 //! here runs with `KILN_TEST_BIN` and `KILN_TEST_ROOT` set (scripts/gpu/check.sh).
+//! `gpu_checks_run_with_the_cpu_standing_in` runs the same checks with "cpu" in
+//! place of the GPU on every machine, so that their own code is tested too.
 
 mod common;
 
@@ -13,14 +15,19 @@ use common::{get, post_json, repo_root};
 use serde_json::{json, Value};
 use std::path::Path;
 
+/// The GPU under test.
+fn gpu() -> String {
+    "cuda:0".into()
+}
+
 /// Why the GPU tests cannot run here, if they cannot.
 fn skip_reason() -> Option<String> {
     let wanted = std::env::var("KILN_GPU_TESTS").ok();
     if wanted.as_deref() == Some("0") {
         return Some("KILN_GPU_TESTS=0".into());
     }
-    let gpu = Path::new("/dev/nvidia0").exists();
-    match (gpu, wanted.as_deref()) {
+    let present = Path::new("/dev/nvidia0").exists();
+    match (present, wanted.as_deref()) {
         (true, _) => None,
         (false, Some("1")) => panic!("KILN_GPU_TESTS=1 but /dev/nvidia0 does not exist"),
         (false, _) => Some("no NVIDIA GPU on this machine (/dev/nvidia0 does not exist)".into()),
@@ -100,10 +107,29 @@ fn max_rel_diff(a: &[(String, Vec<f64>)], b: &[(String, Vec<f64>)]) -> f64 {
 
 #[test]
 fn example_models_on_cuda_match_the_cpu() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
+    match skip_reason() {
+        Some(why) => eprintln!("skipped: {why}"),
+        None => example_models_match_the_cpu(&gpu()),
     }
+}
+
+#[test]
+fn minilm_on_candle_cuda_matches_the_cpu() {
+    match skip_reason() {
+        Some(why) => eprintln!("skipped: {why}"),
+        None => minilm_matches_the_cpu(&gpu()),
+    }
+}
+
+/// The same checks with the CPU standing in for the GPU, so that the GPU tests'
+/// own code runs (and can fail) on every machine.
+#[test]
+fn gpu_checks_run_with_the_cpu_standing_in() {
+    example_models_match_the_cpu("cpu");
+    minilm_matches_the_cpu("cpu");
+}
+
+fn example_models_match_the_cpu(dev: &str) {
     let repo = tempfile::tempdir().unwrap();
     let models: [(&str, &[usize]); 3] = [
         ("mlp_tiny", &[16]),
@@ -121,20 +147,23 @@ fn example_models_on_cuda_match_the_cpu() {
             repo.path(),
             m,
             &format!("{m}_gpu"),
-            "device = \"cuda:0\"\ntf32 = false\n",
+            &format!("device = \"{}\"\ntf32 = false\n", dev),
         );
         copy_model(
             repo.path(),
             m,
             &format!("{m}_tf32"),
-            "device = \"cuda:0\"\n",
+            &format!("device = \"{}\"\n", dev),
         );
         // One instance on the GPU and one on the CPU behind the same queue.
         copy_model(
             repo.path(),
             m,
             &format!("{m}_mixed"),
-            "devices = [\"cuda:0\", \"cpu\"]\ntf32 = false\ndynamic_batching = false\n",
+            &format!(
+                "devices = [\"{}\", \"cpu\"]\ntf32 = false\ndynamic_batching = false\n",
+                dev
+            ),
         );
     }
     let srv = common::start(repo.path().to_str().unwrap(), &["--gpu-metrics-secs", "1"]);
@@ -170,11 +199,14 @@ fn example_models_on_cuda_match_the_cpu() {
                 "{m} batch {batch}: tf32 on the GPU differs by {tf32}"
             );
         }
+        let on_gpu = dev != "cpu";
         let c = get(srv.http, &format!("/v2/models/{m}_gpu/config")).json();
-        assert_eq!(
-            c["instance_group"],
+        let want = if on_gpu {
             json!([{"name": format!("{m}_gpu_0"), "kind": "KIND_GPU", "count": 1, "gpus": [0]}])
-        );
+        } else {
+            json!([{"name": format!("{m}_gpu_0"), "kind": "KIND_CPU", "count": 1}])
+        };
+        assert_eq!(c["instance_group"], want);
         let c = get(srv.http, &format!("/v2/models/{m}_mixed/config")).json();
         let kinds: Vec<&Value> = c["instance_group"]
             .as_array()
@@ -182,18 +214,117 @@ fn example_models_on_cuda_match_the_cpu() {
             .iter()
             .map(|g| &g["kind"])
             .collect();
-        assert_eq!(kinds, [&json!("KIND_GPU"), &json!("KIND_CPU")], "{c}");
+        if on_gpu {
+            assert_eq!(kinds, [&json!("KIND_GPU"), &json!("KIND_CPU")], "{c}");
+        } else {
+            assert_eq!(c["instance_group"][0]["count"], 2, "{c}");
+        }
     }
     // Per-version series carry the device; NVML reports the GPU.
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let metrics = String::from_utf8(get(srv.http, "/metrics").body).unwrap();
-    for needle in [
-        "kiln_requests_total{model=\"mlp_tiny_gpu\",version=\"1\",device=\"cuda:0\",outcome=\"success\"} 3",
-        "kiln_requests_total{model=\"mlp_tiny_mixed\",version=\"1\",device=\"cuda:0,cpu\",outcome=\"success\"} 24",
-        "kiln_requests_total{model=\"mlp_tiny_cpu\",version=\"1\",device=\"cpu\",outcome=\"success\"} 3",
-        "kiln_gpu_memory_used_bytes{gpu=\"0\"",
-        "kiln_gpu_utilization_ratio{gpu=\"0\"",
-    ] {
-        assert!(metrics.contains(needle), "{needle} not in\n{metrics}");
+    let g = dev;
+    let mixed = if g == "cpu" {
+        "cpu".to_string()
+    } else {
+        format!("{g},cpu")
+    };
+    let mut needles = vec![
+        format!("kiln_requests_total{{model=\"mlp_tiny_gpu\",version=\"1\",device=\"{g}\",outcome=\"success\"}} 3"),
+        format!("kiln_requests_total{{model=\"mlp_tiny_mixed\",version=\"1\",device=\"{mixed}\",outcome=\"success\"}} 24"),
+        "kiln_requests_total{model=\"mlp_tiny_cpu\",version=\"1\",device=\"cpu\",outcome=\"success\"} 3".to_string(),
+    ];
+    if g != "cpu" {
+        needles.push("kiln_gpu_memory_used_bytes{gpu=\"0\"".into());
+        needles.push("kiln_gpu_utilization_ratio{gpu=\"0\"".into());
     }
+    for needle in needles {
+        assert!(metrics.contains(&needle), "{needle} not in\n{metrics}");
+    }
+}
+
+fn minilm_matches_the_cpu(dev: &str) {
+    let src = repo_root().join("models/minilm");
+    if !src.join("1/model.safetensors").is_file() {
+        eprintln!("skipped: models/minilm is missing (scripts/fetch_minilm.py)");
+        return;
+    }
+    let repo = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(src.join("config.toml")).unwrap();
+    for (name, device) in [
+        ("minilm_cpu", "cpu".to_string()),
+        ("minilm_gpu", dev.to_string()),
+    ] {
+        let dst = repo.path().join(name).join("1");
+        std::fs::create_dir_all(&dst).unwrap();
+        for f in std::fs::read_dir(src.join("1")).unwrap().flatten() {
+            std::fs::copy(f.path(), dst.join(f.file_name())).unwrap();
+        }
+        std::fs::write(
+            repo.path().join(name).join("config.toml"),
+            format!("{base}\ndevice = \"{device}\"\n"),
+        )
+        .unwrap();
+    }
+    let srv = common::start(
+        repo.path().to_str().unwrap(),
+        &["--strict-readiness", "false"],
+    );
+    let index = post_json(srv.http, "/v2/repository/index", &json!({}));
+    let entry = index
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "minilm_gpu")
+        .cloned()
+        .unwrap();
+    if entry["state"] != "READY" {
+        let reason = entry["reason"].as_str().unwrap_or_default().to_string();
+        if reason.contains("no CUDA support in Candle")
+            && std::env::var("KILN_GPU_CANDLE").as_deref() != Ok("1")
+        {
+            eprintln!("skipped: this kiln was built without --features cuda ({reason})");
+            return;
+        }
+        panic!("minilm on {dev} did not load: {reason}");
+    }
+    let seed = "The quick brown fox jumps over the lazy dog while the server answers. ";
+    let texts = json!([
+        "A man is eating a piece of bread today.",
+        "Hello.",
+        seed.repeat(8)
+    ]);
+    let embed = |model: &str| -> Vec<(String, Vec<f64>)> {
+        let meta = get(srv.http, &format!("/v2/models/{model}")).json();
+        let input = meta["inputs"][0]["name"].as_str().unwrap().to_string();
+        let r = post_json(
+            srv.http,
+            &format!("/v2/models/{model}/infer"),
+            &json!({"inputs": [{"name": input, "shape": [3], "datatype": "BYTES", "data": texts}]}),
+        );
+        assert_eq!(
+            r.status,
+            200,
+            "{model}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        r.json()["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                let v = o["data"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d.as_f64().unwrap_or(f64::NAN))
+                    .collect();
+                (o["name"].as_str().unwrap().to_string(), v)
+            })
+            .collect()
+    };
+    let d = max_rel_diff(&embed("minilm_gpu"), &embed("minilm_cpu"));
+    eprintln!("minilm: max |gpu - cpu| / (1 + |cpu|) = {d:.2e}");
+    assert!(d < 1e-3, "minilm on the GPU differs by {d}");
 }
