@@ -59,13 +59,21 @@ fn data(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-fn infer(port: u16, model: &str, shape: &[usize], x: &[f32]) -> Vec<(String, Vec<f64>)> {
+/// Sends one input (its name read from the model's metadata) and returns each
+/// output's name and values.
+fn infer_one(
+    port: u16,
+    model: &str,
+    shape: &[usize],
+    datatype: &str,
+    data: &Value,
+) -> Vec<(String, Vec<f64>)> {
     let meta = get(port, &format!("/v2/models/{model}")).json();
     let input = meta["inputs"][0]["name"].as_str().unwrap().to_string();
     let r = post_json(
         port,
         &format!("/v2/models/{model}/infer"),
-        &json!({"inputs": [{"name": input, "shape": shape, "datatype": "FP32", "data": x}]}),
+        &json!({"inputs": [{"name": input, "shape": shape, "datatype": datatype, "data": data}]}),
     );
     assert_eq!(
         r.status,
@@ -87,6 +95,10 @@ fn infer(port: u16, model: &str, shape: &[usize], x: &[f32]) -> Vec<(String, Vec
             (o["name"].as_str().unwrap().to_string(), v)
         })
         .collect()
+}
+
+fn infer(port: u16, model: &str, shape: &[usize], x: &[f32]) -> Vec<(String, Vec<f64>)> {
+    infer_one(port, model, shape, "FP32", &json!(x))
 }
 
 /// Largest |a - b| / (1 + |b|) over all outputs.
@@ -295,35 +307,7 @@ fn minilm_matches_the_cpu(dev: &str) {
         "Hello.",
         seed.repeat(8)
     ]);
-    let embed = |model: &str| -> Vec<(String, Vec<f64>)> {
-        let meta = get(srv.http, &format!("/v2/models/{model}")).json();
-        let input = meta["inputs"][0]["name"].as_str().unwrap().to_string();
-        let r = post_json(
-            srv.http,
-            &format!("/v2/models/{model}/infer"),
-            &json!({"inputs": [{"name": input, "shape": [3], "datatype": "BYTES", "data": texts}]}),
-        );
-        assert_eq!(
-            r.status,
-            200,
-            "{model}: {}",
-            String::from_utf8_lossy(&r.body)
-        );
-        r.json()["outputs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|o| {
-                let v = o["data"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|d| d.as_f64().unwrap_or(f64::NAN))
-                    .collect();
-                (o["name"].as_str().unwrap().to_string(), v)
-            })
-            .collect()
-    };
+    let embed = |model: &str| infer_one(srv.http, model, &[3], "BYTES", &texts);
     let d = max_rel_diff(&embed("minilm_gpu"), &embed("minilm_cpu"));
     eprintln!("minilm: max |gpu - cpu| / (1 + |cpu|) = {d:.2e}");
     assert!(d < 1e-3, "minilm on the GPU differs by {d}");
