@@ -149,7 +149,9 @@ done
 podman logs "$name" 2>&1 | tail -n 20
 [ -n "$ok" ] || { echo "the container never became ready" >&2; exit 1; }
 [ "$(podman exec "$name" id -u)" = 10001 ] || { echo "the server does not run as uid 10001" >&2; exit 1; }
-podman logs "$name" 2>&1 | grep -q 'ONNX Runtime: /opt/onnxruntime/lib/libonnxruntime.so.1.31.1' \
+# The logs are read whole before grep: with pipefail, `podman logs | grep -q` fails when
+# grep stops reading at its match and podman gets SIGPIPE.
+grep -q 'ONNX Runtime: /opt/onnxruntime/lib/libonnxruntime.so.1.31.1' <<<"$(podman logs "$name" 2>&1)" \
   || { echo "ONNX Runtime was not found in the image" >&2; exit 1; }
 say "inference through the published ports"
 KILN_HTTP_PORT=$http_port KILN_GRPC_PORT=$grpc_port .venv/bin/python scripts/deploy/container_smoke.py
@@ -158,5 +160,5 @@ podman stop -t 40 "$name" >/dev/null
 code=$(podman inspect "$name" --format '{{.State.ExitCode}}')
 podman logs "$name" 2>&1 | tail -n 3
 [ "$code" = 0 ] || { echo "the container exited with $code after SIGTERM" >&2; exit 1; }
-podman logs "$name" 2>&1 | grep -q 'SIGTERM received' || { echo "no SIGTERM in the log" >&2; exit 1; }
+grep -q 'SIGTERM received' <<<"$(podman logs "$name" 2>&1)" || { echo "no SIGTERM in the log" >&2; exit 1; }
 say "all deployment checks passed"
