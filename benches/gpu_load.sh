@@ -54,7 +54,7 @@ cat "$out/machine.txt"
 pid=$!
 for _ in $(seq 1 240); do curl -fs localhost:18100/v2/health/ready >/dev/null 2>&1 && break; sleep 0.25; done
 curl -fs localhost:18100/v2/health/ready >/dev/null || { cat "$out/kiln.log"; exit 1; }
-grep -E "CUDA libraries|loaded with" "$out/kiln.log" | cut -c1-400
+grep -E "CUDA libraries| loaded " "$out/kiln.log" | cut -c1-400
 
 # GPU utilisation, as Kiln exports it, with the time.
 (while kill -0 "$pid" 2>/dev/null; do

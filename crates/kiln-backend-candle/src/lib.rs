@@ -63,9 +63,6 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
     serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Candle's device for a model's `device` setting. CUDA needs the `cuda` cargo
-/// feature (CUDA toolkit with nvcc at build time); without it a GPU placement is
-/// a clear load error, never a silent CPU run.
 /// A Candle error's message without the backtrace Candle attaches when
 /// `RUST_BACKTRACE` is set: clients and the repository index get the message only.
 fn plain(e: &candle_core::Error) -> String {
@@ -75,6 +72,9 @@ fn plain(e: &candle_core::Error) -> String {
     }
 }
 
+/// Candle's device for a model's `device` setting. CUDA needs the `cuda` cargo
+/// feature (CUDA toolkit with nvcc at build time); without it a GPU placement is
+/// a clear load error, never a silent CPU run.
 fn candle_device(d: kiln_core::Device) -> Result<Device, String> {
     match d {
         kiln_core::Device::Cpu => Ok(Device::Cpu),

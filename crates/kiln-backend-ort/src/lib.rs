@@ -122,14 +122,15 @@ pub fn cuda_search_dirs(explicit: &[PathBuf], ort_library: Option<&Path>) -> Vec
             dirs.push(PathBuf::from(v).join("lib64"));
         }
     }
-    for d in [
-        "/usr/local/cuda/lib64",
-        "/usr/local/cuda-13/lib64",
-        "/usr/lib/x86_64-linux-gnu",
-        "/usr/local/lib",
-    ] {
-        dirs.push(PathBuf::from(d));
-    }
+    dirs.extend(
+        [
+            "/usr/local/cuda/lib64",
+            "/usr/local/cuda-13/lib64",
+            "/usr/lib/x86_64-linux-gnu",
+            "/usr/local/lib",
+        ]
+        .map(PathBuf::from),
+    );
     let mut seen = std::collections::HashSet::new();
     dirs.retain(|d| seen.insert(d.clone()));
     dirs
@@ -282,6 +283,9 @@ impl BackendFactory for OrtFactory {
             path: req.path.to_path_buf(),
             message,
         };
+        if req.device != Device::Cpu {
+            self.preload_cuda(ort_library);
+        }
         // One session per instance on this device.
         let instances = req.config.instances_per_device();
         let mut sessions = Vec::with_capacity(instances);
@@ -298,7 +302,6 @@ impl BackendFactory for OrtFactory {
                     .map_err(|e| load_err(ort::Error::<()>::from(e).to_string()))?;
             }
             if let Device::Cuda(n) = req.device {
-                self.preload_cuda(ort_library);
                 // Registration fails (rather than falling back to the CPU) when the
                 // library has no CUDA execution provider, or CUDA, cuDNN or the GPU
                 // cannot be had: a model placed on a GPU never runs on the CPU silently.

@@ -961,6 +961,29 @@ impl Device {
     }
 }
 
+/// The distinct devices of `devices`, in order of first appearance, with how many
+/// times each appears (one instance group per device).
+pub fn group_devices(devices: &[Device]) -> Vec<(Device, usize)> {
+    let mut groups: Vec<(Device, usize)> = Vec::new();
+    for d in devices {
+        match groups.iter_mut().find(|(g, _)| g == d) {
+            Some((_, n)) => *n += 1,
+            None => groups.push((*d, 1)),
+        }
+    }
+    groups
+}
+
+/// The `device` label of a version whose instances run on `devices`: the distinct
+/// devices joined by commas (`cpu`, `cuda:0`, `cuda:0,cpu`).
+pub fn device_label(devices: &[Device]) -> String {
+    let names: Vec<String> = group_devices(devices)
+        .iter()
+        .map(|(d, _)| d.to_string())
+        .collect();
+    names.join(",")
+}
+
 impl std::fmt::Display for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -270,6 +270,8 @@ impl Core {
                         model = %name,
                         version = v.0,
                         backend = mv.backend,
+                        devices = %config::device_label(&mv.devices),
+                        instances = mv.devices.len(),
                         warmed_up = mv.config.warms_up(),
                         "loaded"
                     );
@@ -375,61 +377,45 @@ impl Core {
         }
         // One loaded copy per device; instances on the same device share it.
         let placements = cfg.placements();
-        let mut wanted: Vec<Device> = Vec::new();
-        for d in &placements {
-            if !wanted.contains(d) {
-                wanted.push(*d);
-            }
-        }
-        let mut copies: Vec<(Device, Device, LoadedBackend)> = Vec::with_capacity(wanted.len());
-        for &device in &wanted {
+        let mut copies: Vec<(Device, Device, Arc<dyn Backend>)> = Vec::new();
+        let (mut backend_name, mut platform) = ("", "");
+        for (device, _) in config::group_devices(&placements) {
             let (on, loaded) = self.load_on(name, version, path, &cfg, device)?;
-            copies.push((device, on, loaded));
+            match copies.first() {
+                None => (backend_name, platform) = (loaded.name, loaded.platform),
+                Some((_, first_on, first)) if first.signature() != loaded.backend.signature() => {
+                    return Err(format!(
+                        "the model's inputs and outputs on {on} ({}) differ from those on {first_on} ({backend_name})",
+                        loaded.name
+                    ));
+                }
+                Some(_) => {}
+            }
+            copies.push((device, on, Arc::from(loaded.backend)));
         }
-        let (_, first_on, first) = &copies[0];
-        let (backend_name, platform) = (first.name, first.platform);
-        let resolved = config::resolve_signature(first.backend.signature(), &cfg, path)
-            .map_err(|e| e.to_string())?;
-        if let Some((_, on, other)) = copies[1..]
-            .iter()
-            .find(|(_, _, c)| c.backend.signature() != first.backend.signature())
-        {
-            return Err(format!(
-                "the model's inputs and outputs on {on} ({}) differ from those on {first_on} ({})",
-                other.name, first.name
-            ));
-        }
-        let mut by_device: Vec<(Device, Device, Arc<dyn Backend>)> = Vec::new();
-        for (wanted, on, loaded) in copies {
-            let backend: Arc<dyn Backend> = Arc::from(loaded.backend);
-            if cfg.warms_up() {
+        let Some((_, _, first)) = copies.first() else {
+            return Err("no device to load it on".into());
+        };
+        let resolved =
+            config::resolve_signature(first.signature(), &cfg, path).map_err(|e| e.to_string())?;
+        if cfg.warms_up() {
+            for (_, _, backend) in &copies {
                 warm_up(backend.as_ref(), &resolved.signature)?;
             }
-            by_device.push((wanted, on, backend));
         }
         // Each instance's copy, and the device it really runs on.
         let (devices, backends): (Vec<Device>, Vec<Arc<dyn Backend>>) = placements
             .iter()
-            .filter_map(|p| by_device.iter().find(|(w, _, _)| w == p))
+            .filter_map(|p| copies.iter().find(|(wanted, _, _)| wanted == p))
             .map(|(_, on, b)| (*on, b.clone()))
             .unzip();
-        let mut device_label: Vec<String> = Vec::new();
-        for d in &devices {
-            if !device_label.contains(&d.to_string()) {
-                device_label.push(d.to_string());
-            }
-        }
-        tracing::info!(
-            model = %name,
-            version = version.0,
-            "loaded with {backend_name} on {} ({} instance{})",
-            device_label.join(", "),
-            devices.len(),
-            if devices.len() == 1 { "" } else { "s" }
-        );
         let label = format!("{name}:{version}");
         let v = version.to_string();
-        let metrics = Arc::new(VersionMetrics::new(name, &v, &device_label.join(",")));
+        let metrics = Arc::new(VersionMetrics::new(
+            name,
+            &v,
+            &config::device_label(&devices),
+        ));
         let stats = Arc::new(VersionStats::default());
         let scheduling = SchedulerConfig {
             label: label.clone(),

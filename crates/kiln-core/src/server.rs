@@ -95,14 +95,7 @@ impl ModelVersion {
 
     /// Instances per device, in the order of the config (Triton's instance groups).
     pub fn instance_groups(&self) -> Vec<(crate::config::Device, usize)> {
-        let mut groups: Vec<(crate::config::Device, usize)> = Vec::new();
-        for d in &self.devices {
-            match groups.iter_mut().find(|(g, _)| g == d) {
-                Some((_, n)) => *n += 1,
-                None => groups.push((*d, 1)),
-            }
-        }
-        groups
+        crate::config::group_devices(&self.devices)
     }
 
     /// How the version schedules requests (batching, delay, queue, instances).
