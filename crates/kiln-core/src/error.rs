@@ -11,6 +11,8 @@ pub enum ErrorKind {
     Unavailable,
     /// The request's deadline passed before it was computed (HTTP 504, DEADLINE_EXCEEDED).
     DeadlineExceeded,
+    /// The request is larger than the server takes (HTTP 413, RESOURCE_EXHAUSTED).
+    ResourceExhausted,
     /// The server or backend failed (HTTP 500, INTERNAL).
     Internal,
 }

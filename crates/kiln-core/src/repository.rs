@@ -1,5 +1,7 @@
-//! The model repository on disk: `<repo>/<model>/<version>/<file>` with numeric
-//! version folders and an optional `<repo>/<model>/config.toml`.
+//! The model repository: where model folders are found. On disk it is
+//! `<repo>/<model>/<version>/<file>` with numeric version folders and an optional
+//! `<repo>/<model>/config.toml`; other sources (object storage, a test's memory)
+//! implement the same [`Repository`] trait.
 
 use crate::config::CONFIG_FILE;
 use crate::model::Version;
@@ -33,6 +35,72 @@ impl ModelDir {
             .iter()
             .find(|(n, _)| *n == v)
             .map(|(_, p)| p.as_path())
+    }
+}
+
+/// A source of model folders. The loader reads it from its own threads, never
+/// the async runtime's, so implementations may block.
+pub trait Repository: Send + Sync {
+    /// Where it is, for messages.
+    fn location(&self) -> String;
+    /// Every model folder, sorted by name.
+    fn scan(&self) -> Result<Vec<ModelDir>, RepositoryError>;
+    /// One model's folder; `None` when there is none (or the name is not valid).
+    fn scan_model(&self, name: &str) -> Option<ModelDir>;
+    /// What a reload depends on: the config's bytes and every version's files.
+    fn fingerprint(&self, dir: &ModelDir) -> ModelPrint;
+    /// The text of the model's `config.toml`; `None` when it has none.
+    fn read_config(&self, dir: &ModelDir) -> Result<Option<String>, std::io::Error>;
+    /// Whether a model file exists (a version folder may lack the configured one).
+    fn has_file(&self, path: &Path) -> bool;
+    /// How a version folder counts, for messages (e.g. a marker file it must hold).
+    fn version_rule(&self) -> String {
+        String::new()
+    }
+}
+
+/// A repository in a local folder (or a volume mounted there).
+#[derive(Debug, Clone)]
+pub struct FsRepository {
+    root: PathBuf,
+    /// A version folder counts only once it holds a file of this name.
+    marker: Option<String>,
+}
+
+impl FsRepository {
+    pub fn new(root: PathBuf, marker: Option<String>) -> Self {
+        FsRepository { root, marker }
+    }
+}
+
+impl Repository for FsRepository {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+    fn scan(&self) -> Result<Vec<ModelDir>, RepositoryError> {
+        scan(&self.root, self.marker.as_deref())
+    }
+    fn scan_model(&self, name: &str) -> Option<ModelDir> {
+        scan_model(&self.root, name, self.marker.as_deref())
+    }
+    fn fingerprint(&self, dir: &ModelDir) -> ModelPrint {
+        model_print(dir)
+    }
+    fn read_config(&self, dir: &ModelDir) -> Result<Option<String>, std::io::Error> {
+        match std::fs::read_to_string(dir.path.join(CONFIG_FILE)) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+    fn has_file(&self, path: &Path) -> bool {
+        path.is_file()
+    }
+    fn version_rule(&self) -> String {
+        self.marker
+            .as_deref()
+            .map(|m| format!(" holding the marker file '{m}'"))
+            .unwrap_or_default()
     }
 }
 
@@ -136,6 +204,10 @@ pub struct ModelPrint {
 }
 
 impl ModelPrint {
+    pub fn new(config: Option<Vec<u8>>, versions: Vec<(Version, FilesPrint)>) -> Self {
+        ModelPrint { config, versions }
+    }
+
     /// The fingerprint of one version folder, as taken with the rest.
     pub fn files(&self, v: Version) -> Option<&FilesPrint> {
         self.versions.iter().find(|(n, _)| *n == v).map(|(_, f)| f)

@@ -189,6 +189,10 @@ impl Scheduler {
     ) -> Result<oneshot::Receiver<Computed>, KilnError> {
         let (reply, rx) = oneshot::channel();
         let sh = &*self.shared;
+        // The backend's estimate (for text models, a tokenisation) is taken
+        // before the lock, so that it never holds up the other submitters and
+        // the instances forming batches.
+        let cost = sh.backends[0].row_cost(&inputs).unwrap_or(1).max(1);
         let mut st = sh.lock();
         if st.closed {
             return Err(KilnError::unavailable(format!(
@@ -208,7 +212,6 @@ impl Scheduler {
                 sh.cfg.max_queue_size
             )));
         }
-        let cost = sh.backends[0].row_cost(&inputs).unwrap_or(1).max(1);
         st.jobs.push_back(Job {
             inputs,
             rows,

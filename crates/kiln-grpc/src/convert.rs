@@ -7,6 +7,7 @@ use crate::pb::{
 use kiln_core::elements::{ElementWriter, Value};
 use kiln_core::tensor::dims_from_wire;
 use kiln_core::{DataType, InferInput, InferRequest, InferResponse, KilnError, Tensor};
+use kiln_protocol::params::{self, Param};
 use std::time::Duration;
 
 pub fn config_type(d: DataType) -> pb::DataType {
@@ -49,36 +50,16 @@ pub fn grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
-/// Triton's request parameter `timeout` (microseconds, 0 for none).
-fn timeout_param(r: &ModelInferRequest) -> Result<Option<Duration>, KilnError> {
+/// An inference parameter in the protocol layer's terms.
+fn param(p: &pb::InferParameter) -> Param {
     use pb::infer_parameter::ParameterChoice as P;
-    let Some(p) = r.parameters.get("timeout") else {
-        return Ok(None);
-    };
-    let us = match &p.parameter_choice {
-        Some(P::Int64Param(v)) if *v >= 0 => *v as u64,
-        Some(P::Uint64Param(v)) => *v,
-        other => {
-            return Err(KilnError::invalid(format!(
-                "request parameter 'timeout' must be a non-negative integer of microseconds, got {other:?}"
-            )))
-        }
-    };
-    Ok(Some(Duration::from_micros(us)).filter(|d| !d.is_zero()))
-}
-
-/// The `routing_key` request parameter.
-fn routing_key_param(r: &ModelInferRequest) -> Result<Option<String>, KilnError> {
-    use pb::infer_parameter::ParameterChoice as P;
-    let key = kiln_core::traffic::ROUTING_KEY_PARAMETER;
-    match r.parameters.get(key).map(|p| &p.parameter_choice) {
-        None => Ok(None),
-        Some(Some(P::StringParam(s))) => Ok(Some(s.clone()).filter(|s| !s.is_empty())),
-        Some(Some(P::Int64Param(v))) => Ok(Some(v.to_string())),
-        Some(Some(P::Uint64Param(v))) => Ok(Some(v.to_string())),
-        Some(other) => Err(KilnError::invalid(format!(
-            "request parameter '{key}' must be a string, got {other:?}"
-        ))),
+    match &p.parameter_choice {
+        None => Param::Null,
+        Some(P::BoolParam(b)) => Param::Bool(*b),
+        Some(P::Int64Param(n)) => Param::Int(*n),
+        Some(P::Uint64Param(n)) => Param::Uint(*n),
+        Some(P::DoubleParam(x)) => Param::Double(*x),
+        Some(P::StringParam(s)) => Param::Str(s.clone()),
     }
 }
 
@@ -88,8 +69,11 @@ pub fn request(
     r: ModelInferRequest,
     deadline: Option<Duration>,
 ) -> Result<InferRequest, KilnError> {
-    let timeout = timeout_param(&r)?.into_iter().chain(deadline).min();
-    let routing_key = routing_key_param(&r)?;
+    let params::InferParams {
+        timeout,
+        routing_key,
+    } = params::infer_params(|k| r.parameters.get(k).map(param))?;
+    let timeout = timeout.into_iter().chain(deadline).min();
     let model = r.model_name;
     if model.is_empty() {
         return Err(KilnError::invalid("model_name is empty"));
@@ -113,12 +97,7 @@ pub fn request(
     }
     let mut outputs = Vec::with_capacity(r.outputs.len());
     for o in r.outputs {
-        if o.parameters.contains_key("classification") {
-            return Err(KilnError::invalid(format!(
-                "output '{}': the classification extension is not supported",
-                o.name
-            )));
-        }
+        params::check_output(&o.name, |k| o.parameters.contains_key(k))?;
         outputs.push(o.name);
     }
     Ok(InferRequest {

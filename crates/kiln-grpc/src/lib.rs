@@ -11,8 +11,9 @@ pub mod pb {
 }
 
 use futures_util::{Stream, StreamExt};
-use kiln_core::config::{config_dims, input_config_dims, scalar_per_row, Device, VersionPolicy};
-use kiln_core::{Core, ErrorKind, KilnError, ModelVersion};
+use kiln_core::{Core, ErrorKind, KilnError};
+use kiln_protocol::views::{ConfigTensor, ModelConfigView, ModelMetadata, ModelStats};
+use kiln_protocol::{params::Param, version_arg};
 use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use pb::*;
 use std::pin::Pin;
@@ -27,6 +28,7 @@ pub fn status(e: KilnError) -> Status {
         ErrorKind::NotFound => Status::not_found(e.message),
         ErrorKind::Unavailable => Status::unavailable(e.message),
         ErrorKind::DeadlineExceeded => Status::deadline_exceeded(e.message),
+        ErrorKind::ResourceExhausted => Status::resource_exhausted(e.message),
         ErrorKind::Internal => Status::internal(e.message),
     }
 }
@@ -54,120 +56,107 @@ impl InferenceService {
         req: ModelInferRequest,
         deadline: Option<std::time::Duration>,
         routing_key: Option<&str>,
-    ) -> Result<ModelInferResponse, Status> {
-        let mut req = convert::request(req, deadline).map_err(status)?;
+    ) -> Result<ModelInferResponse, KilnError> {
+        let mut req = convert::request(req, deadline)?;
         if req.routing_key.is_none() {
             req.routing_key = routing_key.map(str::to_string);
         }
-        let resp = core.infer(req).await.map_err(status)?;
+        let resp = core.infer(req).await?;
         Ok(convert::response(resp))
     }
 }
 
 /// The routing key sent as call metadata (a request parameter takes precedence).
 fn routing_key(md: &tonic::metadata::MetadataMap) -> Option<String> {
-    md.get(kiln_core::traffic::ROUTING_KEY_HEADER)
+    md.get(kiln_protocol::ROUTING_KEY_HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty())
         .map(str::to_string)
 }
 
-/// A repository load's `config` parameter (Kiln's config keys, JSON or TOML).
-fn load_config(
-    params: &std::collections::HashMap<String, ModelRepositoryParameter>,
-) -> Result<Option<kiln_core::config::ModelConfigFile>, Status> {
+/// A repository parameter in the protocol layer's terms.
+fn repository_param(p: &ModelRepositoryParameter) -> Param {
     use model_repository_parameter::ParameterChoice as P;
-    if let Some(k) = params.keys().find(|k| k.starts_with("file:")) {
-        return Err(Status::invalid_argument(format!(
-            "parameter '{k}': loading model files through the API is not supported; place them in the repository"
-        )));
+    match &p.parameter_choice {
+        None => Param::Null,
+        Some(P::BoolParam(b)) => Param::Bool(*b),
+        Some(P::Int64Param(n)) => Param::Int(*n),
+        Some(P::StringParam(s)) => Param::Str(s.clone()),
+        Some(P::BytesParam(b)) => Param::Bytes(b.clone()),
     }
-    let text = match params
-        .get("config")
-        .and_then(|p| p.parameter_choice.as_ref())
-    {
-        None => return Ok(None),
-        Some(P::StringParam(text)) => text.as_str(),
-        Some(P::BytesParam(b)) => std::str::from_utf8(b)
-            .map_err(|_| Status::invalid_argument("parameter 'config' is not UTF-8"))?,
-        Some(_) => {
-            return Err(Status::invalid_argument(
-                "parameter 'config' must be a string",
-            ))
-        }
+}
+
+fn tensor_metadata(
+    t: &kiln_protocol::views::TensorMetadata,
+) -> model_metadata_response::TensorMetadata {
+    model_metadata_response::TensorMetadata {
+        name: t.name.clone(),
+        datatype: t.datatype.as_str().to_string(),
+        shape: t.shape.clone(),
+    }
+}
+
+fn metadata(m: ModelMetadata) -> ModelMetadataResponse {
+    ModelMetadataResponse {
+        name: m.name,
+        versions: m.versions,
+        platform: m.platform.to_string(),
+        inputs: m.inputs.iter().map(tensor_metadata).collect(),
+        outputs: m.outputs.iter().map(tensor_metadata).collect(),
+    }
+}
+
+fn count(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+fn model_config(c: ModelConfigView) -> ModelConfig {
+    use kiln_core::config::VersionPolicy;
+    let input = |t: &ConfigTensor| ModelInput {
+        name: t.name.clone(),
+        data_type: convert::config_type(t.datatype) as i32,
+        dims: t.dims.clone(),
+        reshape: t.reshape.clone().map(|shape| ModelTensorReshape { shape }),
+        ..Default::default()
     };
-    kiln_core::config::ModelConfigFile::parse_override(text)
-        .map(Some)
-        .map_err(|e| Status::invalid_argument(e.to_string()))
-}
-
-fn version_arg(v: &str) -> Option<&str> {
-    Some(v).filter(|v| !v.is_empty())
-}
-
-fn model_config(mv: &ModelVersion) -> ModelConfig {
-    let mb = mv.max_batch_size;
+    let output = |t: &ConfigTensor| ModelOutput {
+        name: t.name.clone(),
+        data_type: convert::config_type(t.datatype) as i32,
+        dims: t.dims.clone(),
+    };
     ModelConfig {
-        name: mv.name.clone(),
-        platform: mv.platform.to_string(),
-        backend: mv.backend.to_string(),
-        max_batch_size: i32::try_from(mb).unwrap_or(i32::MAX),
-        input: mv
-            .signature
-            .inputs
+        name: c.name,
+        platform: c.platform.to_string(),
+        backend: c.backend.to_string(),
+        max_batch_size: i32::try_from(c.max_batch_size).unwrap_or(i32::MAX),
+        input: c.input.iter().map(input).collect(),
+        output: c.output.iter().map(output).collect(),
+        instance_group: c
+            .instance_group
             .iter()
-            .map(|s| ModelInput {
-                name: s.name.clone(),
-                data_type: convert::config_type(s.dtype) as i32,
-                dims: input_config_dims(s, mb),
-                reshape: scalar_per_row(s, mb).then(|| ModelTensorReshape { shape: vec![] }),
-                ..Default::default()
-            })
-            .collect(),
-        output: mv
-            .signature
-            .outputs
-            .iter()
-            .map(|s| ModelOutput {
-                name: s.name.clone(),
-                data_type: convert::config_type(s.dtype) as i32,
-                dims: config_dims(s, mb),
-            })
-            .collect(),
-        instance_group: mv
-            .instance_groups()
-            .iter()
-            .enumerate()
-            .map(|(i, (device, count))| ModelInstanceGroup {
-                name: format!("{}_{i}", mv.name),
-                count: i32::try_from(*count).unwrap_or(i32::MAX),
-                gpus: match device {
-                    Device::Cpu => vec![],
-                    Device::Cuda(n) => vec![i32::try_from(*n).unwrap_or(i32::MAX)],
-                },
-                kind: match device {
-                    Device::Cpu => model_instance_group::Kind::Cpu,
-                    Device::Cuda(_) => model_instance_group::Kind::Gpu,
+            .map(|g| ModelInstanceGroup {
+                name: g.name.clone(),
+                count: count(g.count),
+                gpus: g
+                    .gpu
+                    .map(|n| vec![i32::try_from(n).unwrap_or(i32::MAX)])
+                    .unwrap_or_default(),
+                kind: match g.gpu {
+                    None => model_instance_group::Kind::Cpu,
+                    Some(_) => model_instance_group::Kind::Gpu,
                 } as i32,
             })
             .collect(),
-        default_model_filename: mv.config.model_filename().to_string(),
-        scheduling_choice: {
-            let s = mv.scheduling();
-            s.batches().then(|| {
-                model_config::SchedulingChoice::DynamicBatching(ModelDynamicBatching {
-                    preferred_batch_size: s
-                        .preferred_batch_sizes
-                        .iter()
-                        .map(|&n| i32::try_from(n).unwrap_or(i32::MAX))
-                        .collect(),
-                    max_queue_delay_microseconds: s.max_queue_delay.as_micros() as u64,
-                    preserve_ordering: false,
-                })
+        default_model_filename: c.default_model_filename,
+        scheduling_choice: c.dynamic_batching.map(|b| {
+            model_config::SchedulingChoice::DynamicBatching(ModelDynamicBatching {
+                preferred_batch_size: b.preferred_batch_size.iter().map(|&n| count(n)).collect(),
+                max_queue_delay_microseconds: b.max_queue_delay_microseconds,
+                preserve_ordering: false,
             })
-        },
+        }),
         version_policy: Some(ModelVersionPolicy {
-            policy_choice: Some(match mv.config.version_policy() {
+            policy_choice: Some(match c.version_policy {
                 VersionPolicy::Latest(n) => {
                     model_version_policy::PolicyChoice::Latest(model_version_policy::Latest {
                         num_versions: u32::try_from(n).unwrap_or(u32::MAX),
@@ -178,7 +167,10 @@ fn model_config(mv: &ModelVersion) -> ModelConfig {
                 }
                 VersionPolicy::Specific(list) => {
                     model_version_policy::PolicyChoice::Specific(model_version_policy::Specific {
-                        versions: list.iter().map(|v| v.0 as i64).collect(),
+                        versions: list
+                            .iter()
+                            .map(|v| i64::try_from(v.0).unwrap_or(i64::MAX))
+                            .collect(),
                     })
                 }
             }),
@@ -212,10 +204,11 @@ fn duration(d: &kiln_core::stats::StatDuration) -> Option<StatisticDuration> {
     })
 }
 
-fn model_stats(mv: &ModelVersion, s: &kiln_core::stats::StatsSnapshot) -> ModelStatistics {
+fn model_stats(m: &ModelStats) -> ModelStatistics {
+    let s = &m.stats;
     ModelStatistics {
-        name: mv.name.clone(),
-        version: mv.version.to_string(),
+        name: m.name.clone(),
+        version: m.version.clone(),
         last_inference: s.last_inference,
         inference_count: s.inference_count,
         execution_count: s.execution_count,
@@ -288,7 +281,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         _: Request<ServerMetadataRequest>,
     ) -> Result<Response<ServerMetadataResponse>, Status> {
-        let m = self.core.server_metadata();
+        let m = kiln_protocol::server_metadata();
         Ok(Response::new(ServerMetadataResponse {
             name: m.name.to_string(),
             version: m.version.to_string(),
@@ -305,32 +298,8 @@ impl GrpcInferenceService for InferenceService {
             .core
             .model(&r.name, version_arg(&r.version))
             .map_err(status)?;
-        let meta = |s: &kiln_core::TensorSpec| model_metadata_response::TensorMetadata {
-            name: s.name.clone(),
-            datatype: s.dtype.as_str().to_string(),
-            shape: s.shape.clone(),
-        };
-        let mb = mv.max_batch_size;
-        Ok(Response::new(ModelMetadataResponse {
-            name: mv.name.clone(),
-            versions: self
-                .core
-                .versions(&mv.name)
-                .iter()
-                .map(|v| v.to_string())
-                .collect(),
-            platform: mv.platform.to_string(),
-            inputs: mv
-                .signature
-                .inputs
-                .iter()
-                .map(|s| model_metadata_response::TensorMetadata {
-                    shape: kiln_core::config::input_metadata_shape(s, mb),
-                    ..meta(s)
-                })
-                .collect(),
-            outputs: mv.signature.outputs.iter().map(meta).collect(),
-        }))
+        let m = kiln_protocol::views::metadata(&mv, &self.core.versions(&mv.name));
+        Ok(Response::new(metadata(m)))
     }
 
     async fn model_infer(
@@ -342,6 +311,7 @@ impl GrpcInferenceService for InferenceService {
         Self::infer(&self.core, r.into_inner(), deadline, key.as_deref())
             .await
             .map(Response::new)
+            .map_err(status)
     }
 
     type ModelStreamInferStream = StreamResult;
@@ -372,8 +342,8 @@ impl GrpcInferenceService for InferenceService {
                             error_message: String::new(),
                             infer_response: Some(resp),
                         },
-                        Err(s) => ModelStreamInferResponse {
-                            error_message: s.message().to_string(),
+                        Err(e) => ModelStreamInferResponse {
+                            error_message: e.message,
                             infer_response: None,
                         },
                     })
@@ -393,7 +363,7 @@ impl GrpcInferenceService for InferenceService {
             .model(&r.name, version_arg(&r.version))
             .map_err(status)?;
         Ok(Response::new(ModelConfigResponse {
-            config: Some(model_config(&mv)),
+            config: Some(model_config(kiln_protocol::views::model_config(&mv))),
         }))
     }
 
@@ -407,8 +377,9 @@ impl GrpcInferenceService for InferenceService {
             .core
             .stats(name, version_arg(&r.version))
             .map_err(status)?;
+        let list = kiln_protocol::views::statistics(&list);
         Ok(Response::new(ModelStatisticsResponse {
-            model_stats: list.iter().map(|(mv, s)| model_stats(mv, s)).collect(),
+            model_stats: list.iter().map(model_stats).collect(),
         }))
     }
 
@@ -417,11 +388,11 @@ impl GrpcInferenceService for InferenceService {
         r: Request<RepositoryIndexRequest>,
     ) -> Result<Response<RepositoryIndexResponse>, Status> {
         let r = r.into_inner();
-        // The index lists the repository's folders too: file-system work, off the runtime.
-        let core = self.core.clone();
-        let models = tokio::task::spawn_blocking(move || core.index(r.ready))
+        let models = self
+            .core
+            .index(r.ready)
             .await
-            .map_err(|_| Status::internal("the index panicked"))?
+            .map_err(status)?
             .into_iter()
             .map(|e| repository_index_response::ModelIndex {
                 name: e.name,
@@ -438,11 +409,14 @@ impl GrpcInferenceService for InferenceService {
         r: Request<RepositoryModelLoadRequest>,
     ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
         let r = r.into_inner();
-        let config = load_config(&r.parameters)?;
-        let core = self.core.clone();
-        tokio::task::spawn_blocking(move || core.load(&r.model_name, config))
+        let config = kiln_protocol::params::load_config(
+            r.parameters.keys().map(String::as_str),
+            r.parameters.get("config").map(repository_param),
+        )
+        .map_err(status)?;
+        self.core
+            .load(&r.model_name, config)
             .await
-            .map_err(|_| Status::internal("the model load panicked"))?
             .map_err(status)?;
         Ok(Response::new(RepositoryModelLoadResponse {}))
     }
@@ -452,11 +426,7 @@ impl GrpcInferenceService for InferenceService {
         r: Request<RepositoryModelUnloadRequest>,
     ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
         let r = r.into_inner();
-        let core = self.core.clone();
-        tokio::task::spawn_blocking(move || core.unload(&r.model_name))
-            .await
-            .map_err(|_| Status::internal("the model unload panicked"))?
-            .map_err(status)?;
+        self.core.unload(&r.model_name).await.map_err(status)?;
         Ok(Response::new(RepositoryModelUnloadResponse {}))
     }
 }

@@ -4,11 +4,10 @@
 //! bytes followed by raw tensors; each binary input says its size in the
 //! `binary_data_size` parameter, in the order of `inputs`.
 
-use crate::ApiError;
-use axum::http::StatusCode;
 use kiln_core::elements::{self, ElementWriter, Value};
 use kiln_core::tensor::{dims_from_wire, element_count};
 use kiln_core::{DataType, InferInput, InferRequest, InferResponse, KilnError, Tensor};
+use kiln_protocol::params::{self, Param};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value as Json};
@@ -66,51 +65,27 @@ pub struct Decoded {
     pub binary: BinaryChoice,
 }
 
-fn bad(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, message)
+fn bad(message: impl Into<String>) -> KilnError {
+    KilnError::invalid(message)
 }
 
-fn bool_param(
-    params: &Option<Map<String, Json>>,
-    key: &str,
-    what: &str,
-) -> Result<Option<bool>, ApiError> {
-    match params.as_ref().and_then(|p| p.get(key)) {
-        None => Ok(None),
-        Some(Json::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(bad(format!(
-            "{what} parameter '{key}' must be a boolean, got {other}"
-        ))),
-    }
-}
-
-/// Triton's request parameter `timeout`: microseconds, 0 for none.
-fn timeout_param(
-    params: &Option<Map<String, Json>>,
-) -> Result<Option<std::time::Duration>, ApiError> {
-    match params.as_ref().and_then(|p| p.get("timeout")) {
-        None => Ok(None),
-        Some(v) => match v.as_u64() {
-            Some(0) => Ok(None),
-            Some(us) => Ok(Some(std::time::Duration::from_micros(us))),
-            None => Err(bad(format!(
-                "request parameter 'timeout' must be a non-negative integer of microseconds, got {v}"
-            ))),
+/// A JSON parameter value in the protocol layer's terms.
+pub(crate) fn param(v: &Json) -> Param {
+    match v {
+        Json::Null => Param::Null,
+        Json::Bool(b) => Param::Bool(*b),
+        Json::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => Param::Uint(u),
+            (None, Some(i)) => Param::Int(i),
+            _ => Param::Double(n.as_f64().unwrap_or(f64::NAN)),
         },
+        Json::String(s) => Param::Str(s.clone()),
+        other => Param::Other(other.to_string()),
     }
 }
 
-/// The `routing_key` request parameter (a string; a number is taken as its digits).
-fn routing_key_param(params: &Option<Map<String, Json>>) -> Result<Option<String>, ApiError> {
-    let key = kiln_core::traffic::ROUTING_KEY_PARAMETER;
-    match params.as_ref().and_then(|p| p.get(key)) {
-        None | Some(Json::Null) => Ok(None),
-        Some(Json::String(s)) => Ok(Some(s.clone()).filter(|s| !s.is_empty())),
-        Some(Json::Number(n)) => Ok(Some(n.to_string())),
-        Some(other) => Err(bad(format!(
-            "request parameter '{key}' must be a string, got {other}"
-        ))),
-    }
+fn lookup<'a>(params: &'a Option<Map<String, Json>>) -> impl Fn(&str) -> Option<Param> + 'a {
+    move |k| params.as_ref().and_then(|p| p.get(k)).map(param)
 }
 
 /// Decodes an inference body. `header_len` is the value of
@@ -120,7 +95,7 @@ pub fn decode_request(
     version: Option<String>,
     body: &[u8],
     header_len: Option<usize>,
-) -> Result<Decoded, ApiError> {
+) -> Result<Decoded, KilnError> {
     let (json, mut binary) = match header_len {
         Some(n) if n > body.len() => {
             return Err(bad(format!(
@@ -152,25 +127,27 @@ pub fn decode_request(
             binary.len()
         )));
     }
-    let timeout = timeout_param(&req.parameters)?;
-    let routing_key = routing_key_param(&req.parameters)?;
+    let request_params = lookup(&req.parameters);
+    let params::InferParams {
+        timeout,
+        routing_key,
+    } = params::infer_params(&request_params)?;
     let mut choice = BinaryChoice {
-        default: bool_param(&req.parameters, "binary_data_output", "request")?.unwrap_or(false),
+        default: params::bool_param(
+            request_params("binary_data_output"),
+            "binary_data_output",
+            "request",
+        )?
+        .unwrap_or(false),
         per_output: Vec::new(),
     };
     let mut outputs = Vec::new();
     for o in req.outputs.unwrap_or_default() {
-        if o.parameters
-            .as_ref()
-            .is_some_and(|p| p.contains_key("classification"))
-        {
-            return Err(bad(format!(
-                "output '{}': the classification extension is not supported",
-                o.name
-            )));
-        }
-        if let Some(b) = bool_param(
-            &o.parameters,
+        params::check_output(&o.name, |k| {
+            o.parameters.as_ref().is_some_and(|p| p.contains_key(k))
+        })?;
+        if let Some(b) = params::bool_param(
+            lookup(&o.parameters)("binary_data"),
             "binary_data",
             &format!("output '{}'", o.name),
         )? {
@@ -192,7 +169,7 @@ pub fn decode_request(
     })
 }
 
-fn decode_input(model: &str, input: &InputJson, binary: &mut &[u8]) -> Result<Tensor, ApiError> {
+fn decode_input(model: &str, input: &InputJson, binary: &mut &[u8]) -> Result<Tensor, KilnError> {
     let err = |m: String| bad(format!("model '{model}' input '{}': {m}", input.name));
     let dtype: DataType = input
         .datatype
@@ -350,7 +327,7 @@ struct ResponseView<'a> {
     outputs: Vec<OutputView<'a>>,
 }
 
-pub fn encode_response(r: InferResponse, choice: &BinaryChoice) -> Result<Encoded, ApiError> {
+pub fn encode_response(r: InferResponse, choice: &BinaryChoice) -> Result<Encoded, KilnError> {
     let views: Vec<OutputView<'_>> = r
         .outputs
         .iter()
@@ -368,7 +345,7 @@ pub fn encode_response(r: InferResponse, choice: &BinaryChoice) -> Result<Encode
         outputs: views,
     };
     let mut body = serde_json::to_vec(&view)
-        .map_err(|e| ApiError::from(KilnError::invalid(format!("cannot encode response: {e}"))))?;
+        .map_err(|e| KilnError::invalid(format!("cannot encode response: {e}")))?;
     if !any_binary {
         return Ok(Encoded {
             body,

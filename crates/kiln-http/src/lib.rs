@@ -35,38 +35,55 @@ struct AppState {
 
 /// An error in the protocol's form: a status and `{"error": "..."}`.
 #[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    message: String,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            message: message.into(),
-        }
-    }
-}
+pub struct ApiError(KilnError);
 
 impl From<KilnError> for ApiError {
-    /// The one place core errors map to HTTP statuses.
     fn from(e: KilnError) -> Self {
-        let status = match e.kind {
-            ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
-            ErrorKind::NotFound => StatusCode::NOT_FOUND,
-            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorKind::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
-            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError::new(status, e.message)
+        ApiError(e)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.message }))).into_response()
+        let status = status(Answer::Failed(self.0.kind));
+        (status, Json(json!({ "error": self.0.message }))).into_response()
     }
+}
+
+/// What an answer says, as far as its status goes.
+enum Answer {
+    Ok,
+    /// A health or readiness check that is negative.
+    NotReady,
+    Failed(ErrorKind),
+}
+
+/// The one place HTTP statuses are chosen (the router's own 404 for an unknown
+/// route and 405 aside).
+fn status(answer: Answer) -> StatusCode {
+    match answer {
+        Answer::Ok => StatusCode::OK,
+        // Triton answers a negative health or readiness check with 400.
+        Answer::NotReady => StatusCode::BAD_REQUEST,
+        Answer::Failed(kind) => match kind {
+            ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::ResourceExhausted => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        },
+    }
+}
+
+/// A health answer: 200 when `yes`, else 400, with `{key: yes}` and `extra`.
+fn health(key: &str, yes: bool, extra: Option<(&str, &str)>) -> Response {
+    let mut body = json!({ key: yes });
+    if let Some((k, v)) = extra {
+        body[k] = json!(v);
+    }
+    let answer = if yes { Answer::Ok } else { Answer::NotReady };
+    (status(answer), Json(body)).into_response()
 }
 
 /// Builds the REST router on a core handle.
@@ -141,41 +158,26 @@ async fn close_while_draining(
     resp
 }
 
-async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")
+async fn not_found() -> Response {
+    let body = json!({ "error": "no such endpoint" });
+    (StatusCode::NOT_FOUND, Json(body)).into_response()
 }
 
-async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method not allowed on this endpoint",
-    )
+async fn method_not_allowed() -> Response {
+    let body = json!({ "error": "method not allowed on this endpoint" });
+    (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
 }
 
 async fn live(State(s): State<AppState>) -> Response {
-    let live = s.core.is_live();
-    let status = if live {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_REQUEST
-    };
-    (status, Json(json!({ "live": live }))).into_response()
+    health("live", s.core.is_live(), None)
 }
 
 async fn ready(State(s): State<AppState>) -> Response {
-    let ready = s.core.is_ready();
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_REQUEST
-    };
-    (status, Json(json!({ "ready": ready }))).into_response()
+    health("ready", s.core.is_ready(), None)
 }
 
-async fn server_metadata(State(s): State<AppState>) -> Response {
-    let m = s.core.server_metadata();
-    Json(json!({ "name": m.name, "version": m.version, "extensions": m.extensions }))
-        .into_response()
+async fn server_metadata() -> Response {
+    Json(views::server_metadata(&kiln_protocol::server_metadata())).into_response()
 }
 
 async fn model_metadata(
@@ -194,7 +196,8 @@ async fn model_metadata_v(
 
 fn metadata_for(s: &AppState, model: &str, version: Option<&str>) -> Result<Response, ApiError> {
     let mv = s.core.model(model, version)?;
-    Ok(Json(views::metadata(&mv, &s.core.versions(&mv.name))).into_response())
+    let m = kiln_protocol::views::metadata(&mv, &s.core.versions(&mv.name));
+    Ok(Json(views::metadata(&m)).into_response())
 }
 
 async fn model_ready(
@@ -213,16 +216,10 @@ async fn model_ready_v(
 
 fn ready_for(s: &AppState, model: &str, version: Option<&str>) -> Result<Response, ApiError> {
     match s.core.model(model, version) {
-        Ok(_) => Ok((
-            StatusCode::OK,
-            Json(json!({ "name": model, "ready": true })),
-        )
-            .into_response()),
-        Err(e) if e.kind == ErrorKind::Unavailable => Ok((
-            StatusCode::BAD_REQUEST,
-            Json(json!({ "name": model, "ready": false })),
-        )
-            .into_response()),
+        Ok(_) => Ok(health("ready", true, Some(("name", model)))),
+        Err(e) if e.kind == ErrorKind::Unavailable => {
+            Ok(health("ready", false, Some(("name", model))))
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -243,59 +240,53 @@ async fn model_config_v(
 
 fn config_for(s: &AppState, model: &str, version: Option<&str>) -> Result<Response, ApiError> {
     let mv = s.core.model(model, version)?;
-    Ok(Json(views::config(&mv)).into_response())
+    Ok(Json(views::config(&kiln_protocol::views::model_config(&mv))).into_response())
 }
 
 async fn stats_all(State(s): State<AppState>) -> Result<Response, ApiError> {
-    Ok(Json(views::stats(&s.core.stats(None, None)?)).into_response())
+    stats_for(&s, None, None)
 }
 
 async fn stats_model(
     State(s): State<AppState>,
     Path(model): Path<String>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(views::stats(&s.core.stats(Some(&model), None)?)).into_response())
+    stats_for(&s, Some(&model), None)
 }
 
 async fn stats_version(
     State(s): State<AppState>,
     Path((model, version)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(views::stats(&s.core.stats(Some(&model), Some(&version))?)).into_response())
+    stats_for(&s, Some(&model), Some(&version))
+}
+
+fn stats_for(
+    s: &AppState,
+    model: Option<&str>,
+    version: Option<&str>,
+) -> Result<Response, ApiError> {
+    let list = kiln_protocol::views::statistics(&s.core.stats(model, version)?);
+    Ok(Json(views::stats(&list)).into_response())
 }
 
 async fn repository_index(State(s): State<AppState>, body: Body) -> Result<Response, ApiError> {
     // tritonclient posts an empty body; `{"ready": true}` filters to ready models.
-    let body = read_body(body, s.opts.max_body_bytes).await?;
-    let ready_only = if body.iter().all(u8::is_ascii_whitespace) {
-        false
-    } else {
-        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON body: {e}"))
-        })?;
-        v.get("ready").and_then(|r| r.as_bool()).unwrap_or(false)
-    };
-    // The index lists the repository's folders too: file-system work, off the runtime.
-    let core = s.core.clone();
-    let index = tokio::task::spawn_blocking(move || core.index(ready_only))
-        .await
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the index panicked"))?;
-    Ok(Json(views::index(&index)).into_response())
+    let v = json_body(body, s.opts.max_body_bytes, false).await?;
+    let ready_only = v.get("ready").and_then(|r| r.as_bool()).unwrap_or(false);
+    Ok(Json(views::index(&s.core.index(ready_only).await?)).into_response())
 }
 
-/// Parses an optional JSON object body (empty means `{}`).
-async fn json_body(body: Body, limit: usize) -> Result<serde_json::Value, ApiError> {
+/// Parses an optional JSON body (empty means `{}`); `object`: it must be an object.
+async fn json_body(body: Body, limit: usize, object: bool) -> Result<serde_json::Value, ApiError> {
     let body = read_body(body, limit).await?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }
     let v: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON body: {e}")))?;
-    if !v.is_object() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "the body must be a JSON object",
-        ));
+        .map_err(|e| KilnError::invalid(format!("malformed JSON body: {e}")))?;
+    if object && !v.is_object() {
+        return Err(KilnError::invalid("the body must be a JSON object").into());
     }
     Ok(v)
 }
@@ -307,57 +298,17 @@ async fn repository_load(
     Path(model): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let v = json_body(body, s.opts.max_body_bytes).await?;
+    let v = json_body(body, s.opts.max_body_bytes, true).await?;
     let params = v.get("parameters").cloned().unwrap_or(json!({}));
     let Some(params) = params.as_object() else {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "'parameters' must be a JSON object",
-        ));
+        return Err(KilnError::invalid("'parameters' must be a JSON object").into());
     };
-    if let Some(k) = params.keys().find(|k| k.starts_with("file:")) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("parameter '{k}': loading model files through the API is not supported; place them in the repository"),
-        ));
-    }
-    let text = match params.get("config") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(text)) => Some(text.clone()),
-        // A JSON object in place of a string is taken as it is.
-        Some(obj @ serde_json::Value::Object(_)) => Some(obj.to_string()),
-        Some(_) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "parameter 'config' must be a string (or a JSON object)",
-            ))
-        }
-    };
-    let config = text
-        .map(|t| kiln_core::config::ModelConfigFile::parse_override(&t))
-        .transpose()
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let core = s.core.clone();
-    let name = model.clone();
-    let report = blocking(move || core.load(&name, config), "load").await?;
+    let config = kiln_protocol::params::load_config(
+        params.keys().map(String::as_str),
+        params.get("config").map(codec::param),
+    )?;
+    let report = s.core.load(&model, config).await?;
     Ok(Json(views::load_report(&model, &report)).into_response())
-}
-
-/// Runs a repository operation (file reads, model loads, thread joins) off the
-/// async runtime.
-async fn blocking(
-    f: impl FnOnce() -> Result<kiln_core::LoadReport, KilnError> + Send + 'static,
-    what: &str,
-) -> Result<kiln_core::LoadReport, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("the model {what} panicked"),
-            )
-        })?
-        .map_err(ApiError::from)
 }
 
 async fn repository_unload(
@@ -366,10 +317,8 @@ async fn repository_unload(
     body: Body,
 ) -> Result<Response, ApiError> {
     // `unload_dependents` and other parameters change nothing: Kiln has no ensembles.
-    json_body(body, s.opts.max_body_bytes).await?;
-    let core = s.core.clone();
-    let name = model.clone();
-    let report = blocking(move || core.unload(&name), "unload").await?;
+    json_body(body, s.opts.max_body_bytes, true).await?;
+    let report = s.core.unload(&model).await?;
     Ok(Json(views::load_report(&model, &report)).into_response())
 }
 
@@ -385,8 +334,8 @@ async fn traffic_set(
     Path(model): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let v = json_body(body, s.opts.max_body_bytes).await?;
-    let update = kiln_core::traffic::TrafficUpdate::from_json(&v)?;
+    let v = json_body(body, s.opts.max_body_bytes, true).await?;
+    let update = kiln_core::traffic::policy::TrafficUpdate::from_json(&v)?;
     Ok(Json(views::traffic(&s.core.set_traffic(&model, &update)?)).into_response())
 }
 
@@ -423,17 +372,14 @@ async fn infer_for(
                 .ok()
                 .and_then(|v| v.trim().parse::<usize>().ok())
                 .ok_or_else(|| {
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        format!("{HEADER_LENGTH} must be a non-negative integer"),
-                    )
+                    KilnError::invalid(format!("{HEADER_LENGTH} must be a non-negative integer"))
                 })?,
         ),
     };
     let mut decoded = codec::decode_request(model, version, &body, header_len)?;
     if decoded.request.routing_key.is_none() {
         decoded.request.routing_key = headers
-            .get(kiln_core::traffic::ROUTING_KEY_HEADER)
+            .get(kiln_protocol::ROUTING_KEY_HEADER)
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty())
             .map(str::to_string);
@@ -472,15 +418,13 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
             .map(|s| s.is::<http_body_util::LengthLimitError>())
             .unwrap_or(false);
         if too_large {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
+            KilnError::new(
+                ErrorKind::ResourceExhausted,
                 format!("request body exceeds {limit} bytes"),
             )
         } else {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("cannot read request body: {e}"),
-            )
+            KilnError::invalid(format!("cannot read request body: {e}"))
         }
+        .into()
     })
 }

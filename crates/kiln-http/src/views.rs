@@ -1,67 +1,68 @@
-//! JSON shapes of metadata, model config and the repository index.
+//! The protocol layer's views in their JSON form.
 
-use kiln_core::config::{config_dims, input_config_dims, input_metadata_shape, scalar_per_row};
-use kiln_core::config::{Device, VersionPolicy};
-use kiln_core::stats::{StatDuration, StatsSnapshot};
-use kiln_core::{IndexEntry, LoadReport, ModelVersion, TensorSpec, TrafficView, Version};
+use kiln_core::config::VersionPolicy;
+use kiln_core::stats::StatDuration;
+use kiln_core::{IndexEntry, LoadReport, TrafficView, Version};
+use kiln_protocol::views::{ConfigTensor, ModelConfigView, ModelMetadata, ModelStats};
+use kiln_protocol::ServerMetadata;
 use serde_json::{json, Value};
-use std::sync::Arc;
 
-fn tensor(s: &TensorSpec) -> Value {
-    json!({ "name": s.name, "datatype": s.dtype.as_str(), "shape": s.shape })
+pub fn server_metadata(m: &ServerMetadata) -> Value {
+    json!({ "name": m.name, "version": m.version, "extensions": m.extensions })
 }
 
-pub fn metadata(mv: &ModelVersion, versions: &[Version]) -> Value {
+pub fn metadata(m: &ModelMetadata) -> Value {
+    let tensors = |list: &[kiln_protocol::views::TensorMetadata]| {
+        list.iter()
+            .map(|t| json!({ "name": t.name, "datatype": t.datatype.as_str(), "shape": t.shape }))
+            .collect::<Vec<_>>()
+    };
     json!({
-        "name": mv.name,
-        "versions": versions.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
-        "platform": mv.platform,
-        "inputs": mv.signature.inputs.iter().map(|s| {
-            let mut t = tensor(s);
-            t["shape"] = json!(input_metadata_shape(s, mv.max_batch_size));
-            t
-        }).collect::<Vec<_>>(),
-        "outputs": mv.signature.outputs.iter().map(tensor).collect::<Vec<_>>(),
+        "name": m.name,
+        "versions": m.versions,
+        "platform": m.platform,
+        "inputs": tensors(&m.inputs),
+        "outputs": tensors(&m.outputs),
     })
 }
 
-/// Triton's model configuration in its JSON form (`dims` exclude the batch dimension).
-pub fn config(mv: &ModelVersion) -> Value {
-    let mb = mv.max_batch_size;
+/// Triton's model configuration in its JSON form.
+pub fn config(c: &ModelConfigView) -> Value {
+    let input = |t: &ConfigTensor| {
+        let mut i = json!({
+            "name": t.name,
+            "data_type": t.datatype.config_name(),
+            "format": "FORMAT_NONE",
+            "dims": t.dims,
+            "optional": false,
+        });
+        if let Some(shape) = &t.reshape {
+            i["reshape"] = json!({ "shape": shape });
+        }
+        i
+    };
+    let output = |t: &ConfigTensor| json!({ "name": t.name, "data_type": t.datatype.config_name(), "dims": t.dims });
     let mut v = json!({
-        "name": mv.name,
-        "platform": mv.platform,
-        "backend": mv.backend,
-        "version_policy": version_policy(&mv.config.version_policy()),
-        "max_batch_size": mb,
-        "input": mv.signature.inputs.iter().map(|s| {
-            let mut i = json!({
-                "name": s.name,
-                "data_type": s.dtype.config_name(),
-                "format": "FORMAT_NONE",
-                "dims": input_config_dims(s, mb),
-                "optional": false,
-            });
-            if scalar_per_row(s, mb) {
-                i["reshape"] = json!({ "shape": [] });
-            }
-            i
+        "name": c.name,
+        "platform": c.platform,
+        "backend": c.backend,
+        "version_policy": version_policy(&c.version_policy),
+        "max_batch_size": c.max_batch_size,
+        "input": c.input.iter().map(input).collect::<Vec<_>>(),
+        "output": c.output.iter().map(output).collect::<Vec<_>>(),
+        "instance_group": c.instance_group.iter().map(|g| match g.gpu {
+            None => json!({ "name": g.name, "kind": "KIND_CPU", "count": g.count }),
+            Some(n) => json!({ "name": g.name, "kind": "KIND_GPU", "count": g.count, "gpus": [n] }),
         }).collect::<Vec<_>>(),
-        "output": mv.signature.outputs.iter().map(|s| json!({
-            "name": s.name,
-            "data_type": s.dtype.config_name(),
-            "dims": config_dims(s, mb),
-        })).collect::<Vec<_>>(),
-        "instance_group": mv.instance_groups().iter().enumerate().map(|(i, (device, count))| match device {
-            Device::Cpu => json!({ "name": format!("{}_{i}", mv.name), "kind": "KIND_CPU", "count": count }),
-            Device::Cuda(n) => json!({ "name": format!("{}_{i}", mv.name), "kind": "KIND_GPU", "count": count, "gpus": [n] }),
-        }).collect::<Vec<_>>(),
-        "default_model_filename": mv.config.model_filename(),
+        "default_model_filename": c.default_model_filename,
         "parameters": {},
     });
-    let batching = dynamic_batching(mv);
-    if !batching.is_null() {
-        v["dynamic_batching"] = batching;
+    if let Some(b) = &c.dynamic_batching {
+        v["dynamic_batching"] = json!({
+            "preferred_batch_size": b.preferred_batch_size,
+            "max_queue_delay_microseconds": b.max_queue_delay_microseconds,
+            "preserve_ordering": false,
+        });
     }
     v
 }
@@ -113,30 +114,19 @@ pub fn traffic(t: &TrafficView) -> Value {
     })
 }
 
-fn dynamic_batching(mv: &ModelVersion) -> Value {
-    let s = mv.scheduling();
-    if !s.batches() {
-        return Value::Null;
-    }
-    json!({
-        "preferred_batch_size": s.preferred_batch_sizes,
-        "max_queue_delay_microseconds": s.max_queue_delay.as_micros() as u64,
-        "preserve_ordering": false,
-    })
-}
-
 fn duration(d: &StatDuration) -> Value {
     json!({ "count": d.count, "ns": d.ns })
 }
 
 /// Triton's statistics response: every count and `ns` a JSON integer.
-pub fn stats(list: &[(Arc<ModelVersion>, StatsSnapshot)]) -> Value {
+pub fn stats(list: &[ModelStats]) -> Value {
     let models: Vec<Value> = list
         .iter()
-        .map(|(mv, s)| {
+        .map(|m| {
+            let s = &m.stats;
             json!({
-                "name": mv.name,
-                "version": mv.version.to_string(),
+                "name": m.name,
+                "version": m.version,
                 "last_inference": s.last_inference,
                 "inference_count": s.inference_count,
                 "execution_count": s.execution_count,

@@ -103,8 +103,10 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
             "ONNX Runtime is not available ({reason}); ONNX models will run on tract"
         ),
     }
-    let backends = Backends::new(Some(ort), Some(Arc::new(TractFactory)))
-        .with_candle(Arc::new(CandleFactory))
+    let backends = Backends::new()
+        .register(ort)
+        .register(Arc::new(TractFactory))
+        .register(Arc::new(CandleFactory))
         .with_gpus(args.gpus.0.clone());
     let core = Core::new(
         CoreOptions {
@@ -186,12 +188,9 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
         anyhow::bail!("nothing to serve: both --allow-http and --allow-grpc are false");
     }
 
-    let loader = core.clone();
-    let load = tokio::task::spawn_blocking(move || loader.load_repository());
-
     tokio::select! {
-        r = load => {
-            r.context("model loading panicked")?.context("cannot load the model repository")?;
+        r = core.load_repository() => {
+            r.context("cannot load the model repository")?;
             tracing::info!("model repository loaded; ready: {}", core.is_ready());
         }
         _ = &mut stop_signal => return shutdown(core, stop_tx, servers, args.exit_timeout_secs).await,
@@ -202,7 +201,7 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
             core.clone(),
             Duration::from_secs_f64(args.repository_poll_secs),
             Duration::from_secs_f64(args.repository_settle_secs),
-        )?;
+        );
     }
     let watcher = core.clone();
     tokio::spawn(async move {
@@ -222,25 +221,22 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
 /// How often the rollback watcher compares canaries with their stable versions.
 const ROLLBACK_CHECK: Duration = Duration::from_millis(250);
 
-/// Poll mode: a thread of its own scans the repository (file system work and
-/// model loads never run on the async runtime).
-fn start_polling(core: Core, every: Duration, settle: Duration) -> anyhow::Result<()> {
+/// Poll mode: scans the repository every `every` (the core does the file-system
+/// work and the loads on its blocking threads, never on the async runtime's).
+fn start_polling(core: Core, every: Duration, settle: Duration) {
     tracing::info!(
         "polling the model repository every {:.2}s (changes load after {:.2}s unchanged)",
         every.as_secs_f64(),
         settle.as_secs_f64()
     );
-    std::thread::Builder::new()
-        .name("kiln-poll".into())
-        .spawn(move || {
-            let mut state = kiln_core::PollState::default();
-            loop {
-                std::thread::sleep(every);
-                core.poll(&mut state, settle);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(e) = core.poll(settle).await {
+                tracing::error!("poll: {e}");
             }
-        })
-        .context("cannot start the repository poller")?;
-    Ok(())
+        }
+    });
 }
 
 /// Serves an axum app until `stop` turns true, with TCP_NODELAY on every connection

@@ -1,0 +1,41 @@
+//! What the KServe V2 protocol and Triton's extensions say, written once for both
+//! front ends: the server's metadata and extensions, request parameters and the
+//! extensions Kiln refuses (`params`), and the model metadata, model config and
+//! statistics views as typed structs (`views`). A front end only turns these into
+//! JSON or protobuf; errors are the core's [`kiln_core::KilnError`].
+
+pub mod params;
+pub mod views;
+
+/// Extensions of the V2 protocol this server implements completely.
+pub const EXTENSIONS: &[&str] = &[
+    "binary_tensor_data",
+    "model_configuration",
+    "model_repository",
+    "model_repository(unload_dependents)",
+    "statistics",
+];
+
+/// HTTP header carrying a routing key (gRPC: the same name as metadata).
+pub const ROUTING_KEY_HEADER: &str = "x-kiln-routing-key";
+
+/// Server metadata (`GET /v2`, ServerMetadata).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerMetadata {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub extensions: &'static [&'static str],
+}
+
+pub fn server_metadata() -> ServerMetadata {
+    ServerMetadata {
+        name: "kiln",
+        version: env!("CARGO_PKG_VERSION"),
+        extensions: EXTENSIONS,
+    }
+}
+
+/// A version argument as both protocols send it: empty means none.
+pub fn version_arg(v: &str) -> Option<&str> {
+    Some(v).filter(|v| !v.is_empty())
+}
