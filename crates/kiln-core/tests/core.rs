@@ -5,7 +5,7 @@
 mod support;
 
 use kiln_core::traffic::policy::TrafficUpdate;
-use kiln_core::{ErrorKind, Version};
+use kiln_core::{Core, ErrorKind, Version};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +28,31 @@ fn setup(versions: &[u64], config: &str) -> (Arc<MemoryRepository>, FakeRuntime,
     repo.config("m", config);
     let core = core(&repo, &runtime);
     (repo, runtime, core)
+}
+
+/// Model `m` version 1 loaded, taking 40 ms a request.
+async fn slow_v1() -> (Arc<MemoryRepository>, FakeRuntime, Core) {
+    let (repo, rt, core) = setup(&[1], "");
+    let slow = Behaviour {
+        add: 1.0,
+        delay: Duration::from_millis(40),
+        fail: false,
+    };
+    rt.set("m", 1, slow);
+    core.load_repository().await.unwrap();
+    (repo, rt, core)
+}
+
+type Answer = Result<(u64, f32), kiln_core::KilnError>;
+
+/// `n` unpinned requests to `m`, running.
+fn spawn_requests(core: &Core, n: usize) -> Vec<tokio::task::JoinHandle<Answer>> {
+    (0..n)
+        .map(|_| {
+            let core = core.clone();
+            tokio::spawn(async move { infer(&core, request("m", None, 0.0)).await })
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -134,24 +159,9 @@ async fn the_canary_takes_its_share_and_routing_keys_stick() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_swap_drops_no_request_in_flight() {
-    let (repo, rt, core) = setup(&[1], "");
-    rt.set(
-        "m",
-        1,
-        Behaviour {
-            add: 1.0,
-            delay: Duration::from_millis(40),
-            fail: false,
-        },
-    );
-    core.load_repository().await.unwrap();
+    let (repo, rt, core) = slow_v1().await;
     assert_eq!(rt.alive.load(Ordering::SeqCst), 1);
-    let in_flight: Vec<_> = (0..8)
-        .map(|_| {
-            let core = core.clone();
-            tokio::spawn(async move { infer(&core, request("m", None, 0.0)).await })
-        })
-        .collect();
+    let in_flight = spawn_requests(&core, 8);
     tokio::time::sleep(Duration::from_millis(10)).await;
     repo.put("m", 2);
     rt.set(
@@ -191,23 +201,8 @@ async fn a_hot_swap_drops_no_request_in_flight() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_finishes_admitted_requests_and_refuses_new_ones() {
-    let (_repo, rt, core) = setup(&[1], "");
-    rt.set(
-        "m",
-        1,
-        Behaviour {
-            add: 1.0,
-            delay: Duration::from_millis(40),
-            fail: false,
-        },
-    );
-    core.load_repository().await.unwrap();
-    let admitted: Vec<_> = (0..3)
-        .map(|_| {
-            let core = core.clone();
-            tokio::spawn(async move { infer(&core, request("m", None, 0.0)).await })
-        })
-        .collect();
+    let (_repo, _rt, core) = slow_v1().await;
+    let admitted = spawn_requests(&core, 3);
     while core.in_flight() < 3 {
         tokio::task::yield_now().await;
     }
@@ -307,4 +302,26 @@ async fn load_errors_tell_the_config_from_the_runtime() {
     let e = other.load("m", None).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Internal, "{e}");
     assert!(e.message.contains("no library"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_canary_is_rolled_back_on_p99() {
+    let (_repo, rt, core) = setup(
+        &[1, 2],
+        "version_policy = { all = true }\n[traffic]\nstable = 1\ncanary = 2\ncanary_percent = 30\n[rollback]\nmin_requests = 20\nwindow_secs = 60\nmax_p99_ratio = 3.0\n",
+    );
+    let slow = Behaviour {
+        add: 2.0,
+        delay: Duration::from_millis(5),
+        fail: false,
+    };
+    rt.set("m", 2, slow);
+    core.load_repository().await.unwrap();
+    for _ in 0..200 {
+        infer(&core, request("m", None, 0.0)).await.unwrap();
+    }
+    core.watch_rollbacks();
+    let rb = core.traffic("m").unwrap().state.rolled_back;
+    let rb = rb.expect("the slow canary was rolled back");
+    assert!(rb.reason.contains("p99"), "{}", rb.reason);
 }
