@@ -329,7 +329,7 @@ def main():
         slow(),
         a.test_models,
         "slow",
-        "max_batch_size = 64\ndynamic_batching = false\nmax_queue_size = 2\nintra_op_threads = 1\n",
+        "max_batch_size = 256\ndynamic_batching = false\nmax_queue_size = 2\nintra_op_threads = 1\n",
     )
     save(gather(), a.test_models, "gather", 'backend = "onnxruntime"\n')
     lifecycle_fixtures(os.path.join(os.path.dirname(a.test_models), "fixtures", "lifecycle"))

@@ -4,7 +4,7 @@
 //! Models (tests/models, made by scripts/make_models.py):
 //! - `scale`: Y = 2X + 1 on [batch, n], max_queue_delay_us 2000, 2 instances;
 //! - `slow`: about 6 ms per row on one thread, batching off, max_queue_size 2
-//!   (a 64-row request keeps its one instance busy for about 400 ms);
+//!   (a 256-row request keeps its one instance busy for 0.25-1.6 s, by machine);
 //! - `gather`: fails in the runtime when an index is out of range.
 
 mod common;
@@ -46,6 +46,11 @@ fn slow_body(rows: usize) -> Value {
     let x: Vec<f32> = (0..rows * 512).map(|k| (k % 7) as f32 * 0.1).collect();
     json!({"inputs": [{"name": "X", "shape": [rows, 512], "datatype": "FP32", "data": x}]})
 }
+
+/// Rows of the blocker: enough that it outlasts the waits of the tests that
+/// queue behind it (up to about 100 ms) on a fast CPU too, where 64 rows take
+/// only about 60 ms.
+const BLOCKER_ROWS: usize = 256;
 
 /// Starts a request that keeps `slow`'s only instance busy for a while.
 fn blocker(port: u16, rows: usize) -> std::thread::JoinHandle<u16> {
@@ -218,7 +223,7 @@ async fn concurrent_grpc_clients_each_get_their_own_rows() {
 fn full_queue_rejects_at_once_over_http() {
     let s = start("tests/models", &[]);
     let port = s.http;
-    let b = blocker(port, 64);
+    let b = blocker(port, BLOCKER_ROWS);
     // The instance is busy; 2 requests fit in the queue, the rest must be refused.
     let threads: Vec<_> = (0..8)
         .map(|_| {
@@ -259,7 +264,7 @@ fn queued_requests_time_out_or_leave_without_being_computed() {
     let s = start("tests/models", &[]);
     let port = s.http;
     let before = stats(port, "slow")["execution_count"].as_u64().unwrap();
-    let b = blocker(port, 64);
+    let b = blocker(port, BLOCKER_ROWS);
     // Triton's `timeout` parameter, in microseconds.
     let mut body = slow_body(1);
     body["parameters"] = json!({"timeout": 20_000});
@@ -374,7 +379,7 @@ async fn grpc_deadlines_queue_limits_and_cancellation() {
         .unwrap()["execution_count"]
         .as_u64()
         .unwrap();
-    let b = tokio::task::spawn_blocking(move || blocker(http_port, 64).join().unwrap());
+    let b = tokio::task::spawn_blocking(move || blocker(http_port, BLOCKER_ROWS).join().unwrap());
     // Wait until the blocker occupies the instance (a busy machine may be slow to send it).
     tokio::task::spawn_blocking(move || {
         let t = Instant::now();
