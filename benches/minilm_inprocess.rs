@@ -11,7 +11,7 @@
 
 use kiln_backend_candle::CandleFactory;
 use kiln_core::backend::{BackendFactory, LoadRequest};
-use kiln_core::config::ModelConfigFile;
+use kiln_core::config::ModelConfig;
 use kiln_core::{Device, Tensor, Version};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -52,7 +52,7 @@ fn main() {
         eprintln!("{} is missing: run scripts/fetch_minilm.py", dir.display());
         return;
     }
-    let cfg = ModelConfigFile::load(&dir).expect("config");
+    let cfg = ModelConfig::load(&dir).expect("config");
     let path = dir.join("1/model.safetensors");
     let backend = CandleFactory
         .load(&LoadRequest {
@@ -60,7 +60,7 @@ fn main() {
             version: Version(1),
             path: &path,
             config: &cfg,
-            device: device.unwrap_or_else(|| cfg.device()),
+            device: device.unwrap_or_else(|| cfg.devices[0]),
         })
         .expect("load");
     let long = long_text();

@@ -13,7 +13,7 @@
 
 use kiln_backend_ort::OrtFactory;
 use kiln_core::backend::{Backend, BackendFactory, LoadRequest};
-use kiln_core::config::ModelConfigFile;
+use kiln_core::config::ModelConfig;
 use kiln_core::{Device, Tensor, Version};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -97,7 +97,7 @@ fn main() {
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
-    let cfg = ModelConfigFile::load(&dir).expect("config");
+    let cfg = ModelConfig::load(&dir).expect("config");
     let path = dir.join("1/model.onnx");
     let backend = OrtFactory::new(None)
         .load(&LoadRequest {

@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Tensor as CTensor};
 use candle_nn::{Linear, Module, VarBuilder};
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use kiln_core::backend::{Backend, BackendError, BackendFactory, LoadRequest};
+use kiln_core::config::ModelFamily;
 use kiln_core::{DataType, ModelSignature, Tensor, TensorSpec};
 use std::path::Path;
 use tokenizers::{Tokenizer, TruncationParams};
@@ -46,12 +47,11 @@ impl BackendFactory for CandleFactory {
             path: req.path.to_path_buf(),
             message,
         };
-        match req.config.family.as_deref() {
-            Some("bert_embedding") => Ok(Box::new(BertEmbedding::load(req).map_err(err)?)),
-            Some("mlp") => Ok(Box::new(Mlp::load(req).map_err(err)?)),
-            Some(other) => Err(err(format!(
-                "unknown family '{other}' (expected bert_embedding or mlp)"
-            ))),
+        match req.config.family {
+            Some(ModelFamily::BertEmbedding) => {
+                Ok(Box::new(BertEmbedding::load(req).map_err(err)?))
+            }
+            Some(ModelFamily::Mlp) => Ok(Box::new(Mlp::load(req).map_err(err)?)),
             None => Err(err("backend = \"candle\" needs a family".into())),
         }
     }
@@ -148,7 +148,7 @@ impl BertEmbedding {
             .max_sequence_length
             .unwrap_or(own)
             .min(config.max_position_embeddings);
-        let truncate = req.config.truncate.unwrap_or(true);
+        let truncate = req.config.truncate;
         // Padding happens per batch, to its longest text, with a real attention mask.
         tokenizer.with_padding(None);
         tokenizer
@@ -400,26 +400,27 @@ mod tests {
     }
 
     use super::*;
-    use kiln_core::config::{BackendChoice, ModelConfigFile};
+    use kiln_core::config::ModelConfig;
     use kiln_core::Version;
     use std::collections::HashMap;
 
-    fn cfg(family: &str) -> ModelConfigFile {
-        ModelConfigFile {
-            backend: BackendChoice::Candle,
-            family: Some(family.into()),
-            ..Default::default()
-        }
+    /// A Candle config of `family`; a family the config refuses is the load's error.
+    fn cfg(family: &str) -> Result<ModelConfig, String> {
+        let text = format!("backend = \"candle\"\nfamily = \"{family}\"\n");
+        ModelConfig::parse(&text, Path::new("config.toml")).map_err(|e| e.to_string())
     }
 
-    fn load(dir: &Path, c: &ModelConfigFile) -> Result<Box<dyn Backend>, BackendError> {
-        CandleFactory.load(&LoadRequest {
-            model_name: "m",
-            version: Version(1),
-            path: &dir.join("model.safetensors"),
-            config: c,
-            device: c.device(),
-        })
+    fn load(dir: &Path, c: &Result<ModelConfig, String>) -> Result<Box<dyn Backend>, String> {
+        let c = c.as_ref().map_err(Clone::clone)?;
+        CandleFactory
+            .load(&LoadRequest {
+                model_name: "m",
+                version: Version(1),
+                path: &dir.join("model.safetensors"),
+                config: c,
+                device: c.devices[0],
+            })
+            .map_err(|e| e.to_string())
     }
 
     #[test]

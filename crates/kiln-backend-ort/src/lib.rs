@@ -287,7 +287,7 @@ impl BackendFactory for OrtFactory {
             self.preload_cuda(ort_library);
         }
         // One session per instance on this device.
-        let instances = req.config.instances_per_device();
+        let instances = req.config.instances_per_device;
         let mut sessions = Vec::with_capacity(instances);
         for _ in 0..instances {
             let mut builder = Session::builder(env).map_err(|e| load_err(e.to_string()))?;
@@ -307,7 +307,7 @@ impl BackendFactory for OrtFactory {
                 // cannot be had: a model placed on a GPU never runs on the CPU silently.
                 let cuda = ort::ep::CUDA::default()
                     .with_device_id(i32::try_from(n).unwrap_or(i32::MAX))
-                    .with_tf32(req.config.tf32())
+                    .with_tf32(req.config.tf32)
                     .build()
                     .error_on_failure();
                 builder = builder.with_execution_providers([cuda]).map_err(|e| {

@@ -1,6 +1,6 @@
 //! The backend trait every runtime implements, and the choice among them.
 
-use crate::config::{BackendChoice, Device, ModelConfigFile};
+use crate::config::{BackendChoice, Device, ModelConfig};
 use crate::model::{ModelSignature, Version};
 use crate::tensor::Tensor;
 use std::path::{Path, PathBuf};
@@ -38,7 +38,7 @@ pub struct LoadRequest<'a> {
     pub version: Version,
     /// The model file (e.g. `<repo>/<model>/<version>/model.onnx`).
     pub path: &'a Path,
-    pub config: &'a ModelConfigFile,
+    pub config: &'a ModelConfig,
     /// Where to load it: the config's `device`, or one of its `devices`.
     pub device: Device,
 }

@@ -201,7 +201,7 @@ impl Core {
     pub async fn load(
         &self,
         name: &str,
-        config: Option<crate::config::ModelConfigFile>,
+        config: Option<crate::config::ModelConfig>,
     ) -> Result<LoadReport, KilnError> {
         let name = name.to_string();
         self.off_runtime("model load", move |c| c.inner.loader.load(&name, config))

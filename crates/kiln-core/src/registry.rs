@@ -5,7 +5,7 @@
 //! This module only holds state. Deciding what loads is the loader's, choosing a
 //! version for a request is routing's, and answering requests is the server's.
 
-use crate::config::{Device, ModelConfigFile, RollbackConfig, TrafficConfig};
+use crate::config::{Device, ModelConfig, RollbackConfig, TrafficConfig};
 use crate::metrics::{self as m, VersionMetrics};
 use crate::model::{ModelSignature, Version};
 use crate::repository::{FilesPrint, ModelPrint};
@@ -29,7 +29,7 @@ pub struct ModelVersion {
     pub devices: Vec<Device>,
     pub max_batch_size: u32,
     pub signature: ModelSignature,
-    pub config: ModelConfigFile,
+    pub config: ModelConfig,
     pub(crate) scheduler: Scheduler,
     pub(crate) metrics: Arc<VersionMetrics>,
     pub(crate) stats: Arc<VersionStats>,

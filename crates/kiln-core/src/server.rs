@@ -121,8 +121,9 @@ impl Server {
             &req.outputs,
         )
         .inspect_err(|_| guard.outcome = Outcome::Invalid)?;
-        let timeout = req.timeout.into_iter().chain(mv.config.timeout()).min();
-        let deadline = timeout.map(|t| started + t);
+        let timeout = req.timeout.into_iter().chain(mv.config.timeout).min();
+        // A timeout too large for the clock is no deadline at all.
+        let deadline = timeout.and_then(|t| started.checked_add(t));
         let rx = mv
             .scheduler
             .submit(valid.inputs, valid.batch_size, deadline)

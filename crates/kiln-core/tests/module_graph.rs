@@ -2,7 +2,7 @@
 //! through others. Each file's references to other modules (`crate::a::b`,
 //! `super::`, `self::`, and a parent's `use child::...`) are read from the source
 //! (test code, after `#[cfg(test)]`, is left out) and the graph is checked for
-//! cycles. A reference to an item re-exported by `lib.rs` (`crate::Core`) counts
+//! cycles (comments do not count). A reference to an item re-exported by `lib.rs` (`crate::Core`) counts
 //! as importing `lib.rs`, which imports every module: refer by full path instead.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,7 +29,15 @@ fn modules(src: &Path) -> BTreeMap<Module, String> {
                 m.pop();
             }
             let text = std::fs::read_to_string(&p).unwrap();
-            let code = text.split("#[cfg(test)]").next().unwrap_or("").to_string();
+            // Code only: test code (after `#[cfg(test)]`) and comments left out.
+            let code: String = text
+                .split("#[cfg(test)]")
+                .next()
+                .unwrap_or("")
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .collect::<Vec<_>>()
+                .join("\n");
             out.insert(m, code);
         }
     }

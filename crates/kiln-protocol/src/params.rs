@@ -2,7 +2,7 @@
 //! `routing_key`, the refused `classification` extension on outputs, and a
 //! repository load's `config` (with `file:` parameters refused).
 
-use kiln_core::config::ModelConfigFile;
+use kiln_core::config::ModelConfig;
 use kiln_core::KilnError;
 use std::fmt;
 use std::time::Duration;
@@ -104,7 +104,7 @@ pub fn bool_param(value: Option<Param>, key: &str, what: &str) -> Result<Option<
 pub fn load_config<'a>(
     mut names: impl Iterator<Item = &'a str>,
     config: Option<Param>,
-) -> Result<Option<ModelConfigFile>, KilnError> {
+) -> Result<Option<ModelConfig>, KilnError> {
     if let Some(k) = names.find(|k| k.starts_with("file:")) {
         return Err(KilnError::invalid(format!(
             "parameter '{k}': loading model files through the API is not supported; place them in the repository"
@@ -121,7 +121,7 @@ pub fn load_config<'a>(
             ))
         }
     };
-    ModelConfigFile::parse_override(&text)
+    ModelConfig::parse_override(&text)
         .map(Some)
         .map_err(|e| KilnError::invalid(e.to_string()))
 }

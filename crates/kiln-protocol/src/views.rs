@@ -101,7 +101,7 @@ pub fn model_config(mv: &ModelVersion) -> ModelConfigView {
         name: mv.name.clone(),
         platform: mv.platform,
         backend: mv.backend,
-        version_policy: mv.config.version_policy(),
+        version_policy: mv.config.version_policy.clone(),
         max_batch_size: mb,
         input: mv
             .signature
@@ -138,7 +138,7 @@ pub fn model_config(mv: &ModelVersion) -> ModelConfigView {
                 },
             })
             .collect(),
-        default_model_filename: mv.config.model_filename().to_string(),
+        default_model_filename: mv.config.model_filename.clone(),
         dynamic_batching: s.batches().then(|| DynamicBatching {
             preferred_batch_size: s.preferred_batch_sizes.clone(),
             max_queue_delay_microseconds: u64::try_from(s.max_queue_delay.as_micros())

@@ -2,7 +2,7 @@
 //! request through each, and the scheduler that feeds them.
 
 use crate::backend::{Backend, BackendError, Backends, LoadRequest, LoadedBackend};
-use crate::config::{self, Device, ModelConfigFile};
+use crate::config::{self, Device, ModelConfig};
 use crate::loader::error::VersionError;
 use crate::metrics::{self as m, VersionMetrics};
 use crate::model::{ModelSignature, Version};
@@ -22,7 +22,7 @@ pub(crate) struct VersionSource<'a> {
     pub(crate) version: Version,
     /// The model file.
     pub(crate) path: &'a Path,
-    pub(crate) config: &'a ModelConfigFile,
+    pub(crate) config: &'a ModelConfig,
     pub(crate) files: FilesPrint,
 }
 
@@ -64,7 +64,7 @@ pub(crate) fn build(
     };
     let resolved = config::resolve_signature(first.signature(), cfg, path)
         .map_err(|e| VersionError::Model(e.to_string()))?;
-    if cfg.warms_up() {
+    if cfg.warmup {
         for (_, _, backend) in &copies {
             warm_up(backend.as_ref(), &resolved.signature).map_err(VersionError::Model)?;
         }
@@ -87,13 +87,13 @@ pub(crate) fn build(
         label: label.clone(),
         max_batch_size: resolved.max_batch_size as usize,
         dynamic_batching: cfg.batching(resolved.max_batch_size),
-        max_queue_delay: cfg.queue_delay(),
+        max_queue_delay: cfg.max_queue_delay,
         preferred_batch_sizes: cfg
             .preferred_batch_sizes
             .iter()
             .map(|&n| n as usize)
             .collect(),
-        max_queue_size: cfg.queue_size(),
+        max_queue_size: cfg.max_queue_size,
         instances: instances.len(),
         max_batch_cost: cfg.max_batch_tokens,
     };
@@ -138,7 +138,7 @@ fn load_on(
     };
     let (on, loaded) = match backends.load(cfg.backend, &req) {
         Ok(loaded) => (device, loaded),
-        Err(e) if device != Device::Cpu && cfg.cpu_fallback() => {
+        Err(e) if device != Device::Cpu && cfg.cpu_fallback => {
             tracing::warn!(
                 model = %name,
                 version = version.0,

@@ -9,7 +9,7 @@
 //! blocking threads, never from the async runtime's workers.
 
 use crate::backend::Backends;
-use crate::config::{self, ModelConfigFile};
+use crate::config::{self, ModelConfig};
 use crate::loader::build::{build, VersionSource};
 use crate::loader::error::{LoadError, VersionError};
 use crate::loader::plan::{plan, settle, Pick};
@@ -86,11 +86,7 @@ impl Loader {
     /// The repository API's load (explicit mode): loads a model, or reloads it,
     /// swapping in only the versions whose files or config changed. `config`
     /// replaces `config.toml` for this load.
-    pub fn load(
-        &self,
-        name: &str,
-        config: Option<ModelConfigFile>,
-    ) -> Result<LoadReport, LoadError> {
+    pub fn load(&self, name: &str, config: Option<ModelConfig>) -> Result<LoadReport, LoadError> {
         self.explicit_only("load")?;
         self.reconcile(name, config)
     }
@@ -122,7 +118,7 @@ impl Loader {
     pub(crate) fn reconcile(
         &self,
         name: &str,
-        config: Option<ModelConfigFile>,
+        config: Option<ModelConfig>,
     ) -> Result<LoadReport, LoadError> {
         if !crate::repository::valid_model_name(name) {
             return Err(LoadError::InvalidName(name.to_string()));
@@ -161,19 +157,19 @@ impl Loader {
             }
         };
         let on_disk = dir.version_numbers();
-        let wanted = cfg.version_policy().select(&on_disk);
+        let wanted = cfg.version_policy.select(&on_disk);
         if wanted.is_empty() {
             let reason = if on_disk.is_empty() {
                 format!(
                     "{} has no numeric version folder (expected {name}/1/{}){}",
                     dir.path.display(),
-                    cfg.model_filename(),
+                    cfg.model_filename,
                     self.repository.version_rule()
                 )
             } else {
                 format!(
                     "version policy {} matches none of the versions {:?}",
-                    cfg.version_policy().describe(),
+                    cfg.version_policy.describe(),
                     on_disk.iter().map(|v| v.0).collect::<Vec<_>>()
                 )
             };
@@ -222,7 +218,7 @@ impl Loader {
         let mut failures: Vec<(Version, VersionError)> = Vec::new();
         for &v in &decided.load {
             let folder = dir.version_path(v).unwrap_or(&dir.path);
-            let file = folder.join(cfg.model_filename());
+            let file = folder.join(&cfg.model_filename);
             let result = if self.repository.has_file(&file) {
                 build(
                     &self.backends,
@@ -248,7 +244,7 @@ impl Loader {
                         backend = mv.backend,
                         devices = %config::device_label(&mv.devices),
                         instances = mv.devices.len(),
-                        warmed_up = mv.config.warms_up(),
+                        warmed_up = mv.config.warmup,
                         "loaded"
                     );
                     built.insert(v, Arc::new(mv));
@@ -315,11 +311,11 @@ impl Loader {
     fn read_config(
         &self,
         dir: &crate::repository::ModelDir,
-    ) -> Result<ModelConfigFile, config::ConfigError> {
+    ) -> Result<ModelConfig, config::ConfigError> {
         let path = dir.path.join(config::CONFIG_FILE);
         match self.repository.read_config(dir) {
-            Ok(None) => Ok(ModelConfigFile::default()),
-            Ok(Some(text)) => ModelConfigFile::parse(&text, &path),
+            Ok(None) => Ok(ModelConfig::default()),
+            Ok(Some(text)) => ModelConfig::parse(&text, &path),
             Err(source) => Err(config::ConfigError::Read { path, source }),
         }
     }
