@@ -2,6 +2,7 @@
 //! It only decodes, validates and encodes; the core does the work.
 
 mod codec;
+mod traffic;
 mod views;
 
 use axum::body::{Body, Bytes};
@@ -335,7 +336,7 @@ async fn traffic_set(
     body: Body,
 ) -> Result<Response, ApiError> {
     let v = json_body(body, s.opts.max_body_bytes, true).await?;
-    let update = kiln_core::traffic::policy::TrafficUpdate::from_json(&v)?;
+    let update = traffic::update(&v)?;
     Ok(Json(views::traffic(&s.core.set_traffic(&model, &update)?)).into_response())
 }
 
