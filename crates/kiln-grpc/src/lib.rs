@@ -3,6 +3,7 @@
 //! does the work.
 
 pub mod convert;
+mod views;
 
 /// Generated protocol types (package `inference`).
 pub mod pb {
@@ -12,7 +13,6 @@ pub mod pb {
 
 use futures_util::{Stream, StreamExt};
 use kiln_core::{Core, ErrorKind, KilnError};
-use kiln_protocol::views::{ConfigTensor, ModelConfigView, ModelMetadata, ModelStats};
 use kiln_protocol::{params::Param, version_arg};
 use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use pb::*;
@@ -86,99 +86,6 @@ fn repository_param(p: &ModelRepositoryParameter) -> Param {
     }
 }
 
-fn tensor_metadata(
-    t: &kiln_protocol::views::TensorMetadata,
-) -> model_metadata_response::TensorMetadata {
-    model_metadata_response::TensorMetadata {
-        name: t.name.clone(),
-        datatype: t.datatype.as_str().to_string(),
-        shape: t.shape.clone(),
-    }
-}
-
-fn metadata(m: ModelMetadata) -> ModelMetadataResponse {
-    ModelMetadataResponse {
-        name: m.name,
-        versions: m.versions,
-        platform: m.platform.to_string(),
-        inputs: m.inputs.iter().map(tensor_metadata).collect(),
-        outputs: m.outputs.iter().map(tensor_metadata).collect(),
-    }
-}
-
-fn count(n: usize) -> i32 {
-    i32::try_from(n).unwrap_or(i32::MAX)
-}
-
-fn model_config(c: ModelConfigView) -> ModelConfig {
-    use kiln_core::config::VersionPolicy;
-    let input = |t: &ConfigTensor| ModelInput {
-        name: t.name.clone(),
-        data_type: convert::config_type(t.datatype) as i32,
-        dims: t.dims.clone(),
-        reshape: t.reshape.clone().map(|shape| ModelTensorReshape { shape }),
-        ..Default::default()
-    };
-    let output = |t: &ConfigTensor| ModelOutput {
-        name: t.name.clone(),
-        data_type: convert::config_type(t.datatype) as i32,
-        dims: t.dims.clone(),
-    };
-    ModelConfig {
-        name: c.name,
-        platform: c.platform.to_string(),
-        backend: c.backend.to_string(),
-        max_batch_size: i32::try_from(c.max_batch_size).unwrap_or(i32::MAX),
-        input: c.input.iter().map(input).collect(),
-        output: c.output.iter().map(output).collect(),
-        instance_group: c
-            .instance_group
-            .iter()
-            .map(|g| ModelInstanceGroup {
-                name: g.name.clone(),
-                count: count(g.count),
-                gpus: g
-                    .gpu
-                    .map(|n| vec![i32::try_from(n).unwrap_or(i32::MAX)])
-                    .unwrap_or_default(),
-                kind: match g.gpu {
-                    None => model_instance_group::Kind::Cpu,
-                    Some(_) => model_instance_group::Kind::Gpu,
-                } as i32,
-            })
-            .collect(),
-        default_model_filename: c.default_model_filename,
-        scheduling_choice: c.dynamic_batching.map(|b| {
-            model_config::SchedulingChoice::DynamicBatching(ModelDynamicBatching {
-                preferred_batch_size: b.preferred_batch_size.iter().map(|&n| count(n)).collect(),
-                max_queue_delay_microseconds: b.max_queue_delay_microseconds,
-                preserve_ordering: false,
-            })
-        }),
-        version_policy: Some(ModelVersionPolicy {
-            policy_choice: Some(match c.version_policy {
-                VersionPolicy::Latest(n) => {
-                    model_version_policy::PolicyChoice::Latest(model_version_policy::Latest {
-                        num_versions: u32::try_from(n).unwrap_or(u32::MAX),
-                    })
-                }
-                VersionPolicy::All => {
-                    model_version_policy::PolicyChoice::All(model_version_policy::All {})
-                }
-                VersionPolicy::Specific(list) => {
-                    model_version_policy::PolicyChoice::Specific(model_version_policy::Specific {
-                        versions: list
-                            .iter()
-                            .map(|v| i64::try_from(v.0).unwrap_or(i64::MAX))
-                            .collect(),
-                    })
-                }
-            }),
-        }),
-        ..Default::default()
-    }
-}
-
 /// How much sooner than a call's `grpc-timeout` Kiln gives up on it (at most a
 /// quarter of the timeout). tonic's transport arms its own timer for the same
 /// header when the call arrives, and answers CANCELLED "Timeout expired" when it
@@ -195,46 +102,6 @@ fn deadline(md: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
         .and_then(|v| v.to_str().ok())
         .and_then(convert::grpc_timeout)
         .map(|t| t - DEADLINE_MARGIN.min(t / 4))
-}
-
-fn duration(d: &kiln_core::stats::StatDuration) -> Option<StatisticDuration> {
-    Some(StatisticDuration {
-        count: d.count,
-        ns: d.ns,
-    })
-}
-
-fn model_stats(m: &ModelStats) -> ModelStatistics {
-    let s = &m.stats;
-    ModelStatistics {
-        name: m.name.clone(),
-        version: m.version.clone(),
-        last_inference: s.last_inference,
-        inference_count: s.inference_count,
-        execution_count: s.execution_count,
-        inference_stats: Some(InferStatistics {
-            success: duration(&s.success),
-            fail: duration(&s.fail),
-            queue: duration(&s.queue),
-            compute_input: duration(&s.compute_input),
-            compute_infer: duration(&s.compute_infer),
-            compute_output: duration(&s.compute_output),
-            cache_hit: duration(&s.cache_hit),
-            cache_miss: duration(&s.cache_miss),
-        }),
-        batch_stats: s
-            .batch_stats
-            .iter()
-            .map(|b| InferBatchStatistics {
-                batch_size: b.batch_size,
-                compute_input: duration(&b.compute_input),
-                compute_infer: duration(&b.compute_infer),
-                compute_output: duration(&b.compute_output),
-            })
-            .collect(),
-        memory_usage: vec![],
-        response_stats: Default::default(),
-    }
 }
 
 type StreamResult =
@@ -299,7 +166,7 @@ impl GrpcInferenceService for InferenceService {
             .model(&r.name, version_arg(&r.version))
             .map_err(status)?;
         let m = kiln_protocol::views::metadata(&mv, &self.core.versions(&mv.name));
-        Ok(Response::new(metadata(m)))
+        Ok(Response::new(views::metadata(m)))
     }
 
     async fn model_infer(
@@ -363,7 +230,7 @@ impl GrpcInferenceService for InferenceService {
             .model(&r.name, version_arg(&r.version))
             .map_err(status)?;
         Ok(Response::new(ModelConfigResponse {
-            config: Some(model_config(kiln_protocol::views::model_config(&mv))),
+            config: Some(views::model_config(kiln_protocol::views::model_config(&mv))),
         }))
     }
 
@@ -379,7 +246,7 @@ impl GrpcInferenceService for InferenceService {
             .map_err(status)?;
         let list = kiln_protocol::views::statistics(&list);
         Ok(Response::new(ModelStatisticsResponse {
-            model_stats: list.iter().map(model_stats).collect(),
+            model_stats: list.iter().map(views::model_stats).collect(),
         }))
     }
 
