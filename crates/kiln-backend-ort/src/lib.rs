@@ -432,8 +432,10 @@ impl OrtBackend {
                 .map_err(|e| BackendError::Run(e.to_string()))?
                 .into_iter()
                 .map(|b| {
+                    // The client's data, not the model's failure: it fails that
+                    // request alone (the scheduler reruns the rest of the batch).
                     std::str::from_utf8(b).map(str::to_owned).map_err(|_| {
-                        BackendError::Run(format!(
+                        BackendError::InvalidInput(format!(
                             "input '{name}': ONNX Runtime string tensors need UTF-8 elements"
                         ))
                     })
