@@ -26,7 +26,7 @@ pub enum DataType {
 
 /// A datatype name the protocol does not define.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown datatype '{0}' (expected one of BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, FP32, FP64, BF16, BYTES)")]
+#[error("unknown datatype '{}' (expected one of BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, FP32, FP64, BF16, BYTES)", crate::error::quote(.0))]
 pub struct UnknownDataType(pub String);
 
 impl DataType {

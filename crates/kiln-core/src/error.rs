@@ -26,11 +26,42 @@ pub struct KilnError {
     pub message: String,
 }
 
+/// Longest message an error carries: room for any real explanation, and small
+/// enough for gRPC's trailing metadata whatever a client sent (a name it gave
+/// may be megabytes long).
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+/// Longest client-given name or value an error quotes.
+pub const MAX_QUOTED_CHARS: usize = 64;
+
+/// `s` as an error quotes it: its first [`MAX_QUOTED_CHARS`] characters, and its
+/// length when it is longer.
+pub fn quote(s: &str) -> String {
+    match s.char_indices().nth(MAX_QUOTED_CHARS) {
+        None => s.to_string(),
+        Some((end, _)) => format!("{}… ({} bytes)", &s[..end], s.len()),
+    }
+}
+
+/// A message cut to [`MAX_MESSAGE_BYTES`] (on a character boundary).
+fn bounded(mut message: String) -> String {
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return message;
+    }
+    let total = message.len();
+    let mut end = MAX_MESSAGE_BYTES;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message.truncate(end);
+    message.push_str(&format!("… ({total} bytes in all)"));
+    message
+}
+
 impl KilnError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         KilnError {
             kind,
-            message: message.into(),
+            message: bounded(message.into()),
         }
     }
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -44,5 +75,27 @@ impl KilnError {
     }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Internal, message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_and_messages_are_bounded() {
+        assert_eq!(quote("resnet"), "resnet");
+        let long = "é".repeat(100_000);
+        let q = quote(&long);
+        assert!(q.starts_with(&"é".repeat(MAX_QUOTED_CHARS)), "{q}");
+        assert!(q.ends_with("… (200000 bytes)"), "{q}");
+        let e = KilnError::invalid(format!("unknown model '{long}'"));
+        assert!(
+            e.message.len() < MAX_MESSAGE_BYTES + 40,
+            "{}",
+            e.message.len()
+        );
+        assert!(e.message.ends_with("bytes in all)"), "{}", e.message);
+        assert_eq!(KilnError::invalid("short").message, "short");
     }
 }

@@ -1,7 +1,7 @@
 //! Inference requests and responses as the core sees them, and their validation
 //! against a model's signature.
 
-use crate::error::KilnError;
+use crate::error::{quote, KilnError};
 use crate::model::{TensorSpec, Version};
 use crate::tensor::Tensor;
 
@@ -67,13 +67,13 @@ pub fn validate(
             let names: Vec<&str> = inputs.iter().map(|s| s.name.as_str()).collect();
             return Err(KilnError::invalid(format!(
                 "model {label} has no input '{}' (its inputs are {names:?})",
-                g.name
+                quote(&g.name)
             )));
         }
         if given[..i].iter().any(|p| p.name == g.name) {
             return Err(KilnError::invalid(format!(
                 "model {label}: input '{}' is given twice",
-                g.name
+                quote(&g.name)
             )));
         }
     }
@@ -153,7 +153,8 @@ pub fn validate(
             let Some(i) = outputs.iter().position(|o| &o.name == name) else {
                 let names: Vec<&str> = outputs.iter().map(|s| s.name.as_str()).collect();
                 return Err(KilnError::invalid(format!(
-                    "model {label} has no output '{name}' (its outputs are {names:?})"
+                    "model {label} has no output '{}' (its outputs are {names:?})",
+                    quote(name)
                 )));
             };
             if idx.contains(&i) {

@@ -5,6 +5,7 @@ use crate::pb::{
     ModelInferResponse,
 };
 use kiln_core::elements::{ElementWriter, Value};
+use kiln_core::error::quote;
 use kiln_core::tensor::dims_from_wire;
 use kiln_core::{DataType, InferInput, InferRequest, InferResponse, KilnError, Tensor};
 use kiln_protocol::params::{self, Param};
@@ -116,7 +117,13 @@ fn input_tensor(
     t: &InferInputTensor,
     raw: Option<Vec<u8>>,
 ) -> Result<Tensor, KilnError> {
-    let err = |m: String| KilnError::invalid(format!("model '{model}' input '{}': {m}", t.name));
+    let err = |m: String| {
+        KilnError::invalid(format!(
+            "model '{}' input '{}': {m}",
+            quote(model),
+            quote(&t.name)
+        ))
+    };
     let dtype: DataType = t
         .datatype
         .parse()

@@ -5,6 +5,7 @@
 //! `binary_data_size` parameter, in the order of `inputs`.
 
 use kiln_core::elements::{self, ElementWriter, Value};
+use kiln_core::error::quote;
 use kiln_core::tensor::{dims_from_wire, element_count};
 use kiln_core::{DataType, InferInput, InferRequest, InferResponse, KilnError, Tensor};
 use kiln_protocol::params::{self, Param};
@@ -170,7 +171,13 @@ pub fn decode_request(
 }
 
 fn decode_input(model: &str, input: &InputJson, binary: &mut &[u8]) -> Result<Tensor, KilnError> {
-    let err = |m: String| bad(format!("model '{model}' input '{}': {m}", input.name));
+    let err = |m: String| {
+        bad(format!(
+            "model '{}' input '{}': {m}",
+            quote(model),
+            quote(&input.name)
+        ))
+    };
     let dtype: DataType = input
         .datatype
         .parse()

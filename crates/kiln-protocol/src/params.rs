@@ -3,6 +3,7 @@
 //! repository load's `config` (with `file:` parameters refused).
 
 use kiln_core::config::ModelConfig;
+use kiln_core::error::quote;
 use kiln_core::KilnError;
 use std::fmt;
 use std::time::Duration;
@@ -32,9 +33,9 @@ impl fmt::Display for Param {
             Param::Int(n) => write!(f, "{n}"),
             Param::Uint(n) => write!(f, "{n}"),
             Param::Double(x) => write!(f, "{x}"),
-            Param::Str(s) => write!(f, "{s:?}"),
+            Param::Str(s) => write!(f, "\"{}\"", quote(s)),
             Param::Bytes(b) => write!(f, "{} bytes", b.len()),
-            Param::Other(text) => f.write_str(text),
+            Param::Other(text) => f.write_str(&quote(text)),
         }
     }
 }
@@ -107,7 +108,8 @@ pub fn load_config<'a>(
 ) -> Result<Option<ModelConfig>, KilnError> {
     if let Some(k) = names.find(|k| k.starts_with("file:")) {
         return Err(KilnError::invalid(format!(
-            "parameter '{k}': loading model files through the API is not supported; place them in the repository"
+            "parameter '{}': loading model files through the API is not supported; place them in the repository",
+            quote(k)
         )));
     }
     let text = match config {

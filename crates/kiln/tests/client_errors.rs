@@ -141,3 +141,54 @@ fn a_client_error_never_rolls_back_a_canary() {
     assert_eq!(t["rolled_back"], Value::Null, "{t}");
     assert_eq!(t["canary_percent"], 50.0, "{t}");
 }
+
+/// Error messages quote what a client gave briefly (a 100,000-character name used
+/// to overflow gRPC's trailing metadata, so the client saw RESOURCE_EXHAUSTED), and
+/// never say where the repository lives on the server's disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_quote_names_briefly_and_never_the_repository_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().canonicalize().unwrap();
+    let root = repo.to_str().unwrap().to_string();
+    for (model, file, config) in [
+        ("m", &b"not read"[..], "max_batch = 2\n"),
+        ("broken", &b"not a model"[..], ""),
+    ] {
+        std::fs::create_dir_all(repo.join(model).join("1")).unwrap();
+        std::fs::write(repo.join(model).join("1/model.onnx"), file).unwrap();
+        std::fs::write(repo.join(model).join("config.toml"), config).unwrap();
+    }
+    let s = common::start(&root, &["--model-control-mode", "explicit"]);
+    let long = "x".repeat(100_000);
+    let mut c = common::grpc_client(s.grpc).await;
+    let e = c
+        .model_metadata(ModelMetadataRequest {
+            name: long.clone(),
+            version: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{}", &e.message()[..200.min(e.message().len())]);
+    assert!(e.message().len() < 300 && e.message().contains("100000 bytes"), "{}", e.message());
+    let mut r = request("", b"text");
+    r.model_name = long.clone();
+    let e = c.model_infer(r).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    // The repository API: unknown, badly configured and broken models.
+    let load = |m: &str| {
+        common::http(s.http, "POST", &format!("/v2/repository/models/{m}/load"), &[], b"")
+    };
+    for (model, status, says) in [
+        ("nope", 404, "no model 'nope'"),
+        ("m", 400, "m/config.toml"),
+        ("broken", 400, "broken/1/model.onnx"),
+    ] {
+        let r = load(model);
+        assert_eq!(r.status, status, "{model}: {}", r.error());
+        assert!(r.error().contains(says), "{model}: {}", r.error());
+        assert!(!r.error().contains(&root), "{model} tells the repository's path: {}", r.error());
+    }
+    let index = common::http(s.http, "POST", "/v2/repository/index", &[], b"");
+    let text = String::from_utf8_lossy(&index.body).to_string();
+    assert!(text.contains("model.onnx") && !text.contains(&root), "{text}");
+}

@@ -2,7 +2,7 @@
 //! config that is wrong (the operator's to fix), or a runtime that cannot run.
 
 use crate::config::ConfigError;
-use crate::error::{ErrorKind, KilnError};
+use crate::error::{quote, ErrorKind, KilnError};
 use crate::model::Version;
 
 /// Why one version did not load.
@@ -23,11 +23,12 @@ pub enum LoadError {
         action: &'static str,
         mode: &'static str,
     },
-    #[error("'{0}' is not a valid model name")]
+    #[error("'{}' is not a valid model name", quote(.0))]
     InvalidName(String),
-    #[error("no model '{name}' in the repository {location}")]
-    NotInRepository { name: String, location: String },
-    #[error("model '{0}' is not loaded")]
+    /// Where the repository is stays out of the message: a client may read it.
+    #[error("no model '{}' in the repository", quote(.name))]
+    NotInRepository { name: String },
+    #[error("model '{}' is not loaded", quote(.0))]
     NotLoaded(String),
     /// `config.toml` (or the config given with the load) is wrong.
     #[error("failed to load '{name}': {source}")]

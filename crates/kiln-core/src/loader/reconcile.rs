@@ -126,7 +126,6 @@ impl Loader {
         let Some(dir) = self.repository.scan_model(name) else {
             return Err(LoadError::NotInRepository {
                 name: name.to_string(),
-                location: self.repository.location(),
             });
         };
         let slot = self.registry.slot_or_insert(name);
@@ -161,8 +160,7 @@ impl Loader {
         if wanted.is_empty() {
             let reason = if on_disk.is_empty() {
                 format!(
-                    "{} has no numeric version folder (expected {name}/1/{}){}",
-                    dir.path.display(),
+                    "'{name}' has no numeric version folder (expected {name}/1/{}){}",
                     cfg.model_filename,
                     self.repository.version_rule()
                 )
@@ -235,7 +233,8 @@ impl Loader {
                     "model file {} not found",
                     file.display()
                 )))
-            };
+            }
+            .map_err(|e| self.discreet(e));
             match result {
                 Ok(mv) => {
                     tracing::info!(
@@ -308,11 +307,22 @@ impl Loader {
         }
     }
 
+    /// A version's error without the repository's place on disk (clients read
+    /// these messages): paths in it become relative to the repository.
+    fn discreet(&self, e: VersionError) -> VersionError {
+        let root = format!("{}/", self.repository.location().trim_end_matches('/'));
+        match e {
+            VersionError::Model(m) => VersionError::Model(m.replace(&root, "")),
+            VersionError::Runtime(m) => VersionError::Runtime(m.replace(&root, "")),
+        }
+    }
+
     fn read_config(
         &self,
         dir: &crate::repository::ModelDir,
     ) -> Result<ModelConfig, config::ConfigError> {
-        let path = dir.path.join(config::CONFIG_FILE);
+        // Named relative to the repository in messages.
+        let path = std::path::Path::new(&dir.name).join(config::CONFIG_FILE);
         match self.repository.read_config(dir) {
             Ok(None) => Ok(ModelConfig::default()),
             Ok(Some(text)) => ModelConfig::parse(&text, &path),

@@ -2,7 +2,7 @@
 //! the stable version, or the canary for its share of unpinned requests (sticky
 //! per routing key); and, maybe, a shadow copy.
 
-use crate::error::KilnError;
+use crate::error::{quote, KilnError};
 use crate::model::Version;
 use crate::registry::{ModelVersion, Registry, Served};
 use crate::traffic::policy::{self, TrafficPolicy, LABEL_CANARY, LABEL_STABLE};
@@ -31,7 +31,7 @@ pub(crate) fn canary<'a>(served: &'a Served, p: &TrafficPolicy) -> Option<&'a Ar
 }
 
 pub(crate) fn unknown_model(name: &str) -> KilnError {
-    KilnError::not_found(format!("unknown model '{name}'"))
+    KilnError::not_found(format!("unknown model '{}'", quote(name)))
 }
 
 /// Picks the version a request runs on. `version`: a number, `stable` or
@@ -47,6 +47,7 @@ pub(crate) fn route(
     let slot = registry.slot(name).ok_or_else(|| unknown_model(name))?;
     let served = slot.served.load();
     let traffic = slot.traffic.load();
+    // The name is the table's (a known model); a version is the client's.
     let policy = &traffic.policy;
     let no_version = || {
         let reason = served
@@ -76,7 +77,8 @@ pub(crate) fn route(
         Some(v) => {
             let parsed = Version::parse(v).ok_or_else(|| {
                 KilnError::not_found(format!(
-                    "model '{name}' has no version '{v}' (a version is a number, '{LABEL_STABLE}' or '{LABEL_CANARY}')"
+                    "model '{name}' has no version '{}' (a version is a number, '{LABEL_STABLE}' or '{LABEL_CANARY}')",
+                    quote(v)
                 ))
             })?;
             served.versions.get(&parsed).ok_or_else(|| {
@@ -84,7 +86,7 @@ pub(crate) fn route(
                 if known {
                     KilnError::unavailable(format!("model '{name}' version {v} is not ready"))
                 } else {
-                    KilnError::not_found(format!("model '{name}' has no version '{v}'"))
+                    KilnError::not_found(format!("model '{name}' has no version '{}'", quote(v)))
                 }
             })?
         }
