@@ -76,6 +76,7 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     kiln_core::metrics::describe();
+    start_metrics_upkeep(prometheus.clone())?;
     if args.gpu_metrics_secs > 0.0 {
         gpu_metrics::start(
             Duration::from_secs_f64(args.gpu_metrics_secs.max(0.1)),
@@ -220,6 +221,25 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
 
 /// How often the rollback watcher compares canaries with their stable versions.
 const ROLLBACK_CHECK: Duration = Duration::from_millis(250);
+
+/// How often the exporter folds recorded histogram samples into its buckets.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// `install_recorder` starts no upkeep of its own: without it, every histogram
+/// sample is kept until the next scrape, and for ever when nobody scrapes
+/// (about 74 bytes per request). A thread of its own does it, off the runtime.
+fn start_metrics_upkeep(
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("kiln-metrics".into())
+        .spawn(move || loop {
+            std::thread::sleep(METRICS_UPKEEP);
+            handle.run_upkeep();
+        })
+        .context("cannot start the metrics upkeep")?;
+    Ok(())
+}
 
 /// Poll mode: scans the repository every `every` (the core does the file-system
 /// work and the loads on its blocking threads, never on the async runtime's).

@@ -168,15 +168,30 @@ async fn errors_quote_names_briefly_and_never_the_repository_path() {
         })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::NotFound, "{}", &e.message()[..200.min(e.message().len())]);
-    assert!(e.message().len() < 300 && e.message().contains("100000 bytes"), "{}", e.message());
+    assert_eq!(
+        e.code(),
+        Code::NotFound,
+        "{}",
+        &e.message()[..200.min(e.message().len())]
+    );
+    assert!(
+        e.message().len() < 300 && e.message().contains("100000 bytes"),
+        "{}",
+        e.message()
+    );
     let mut r = request("", b"text");
     r.model_name = long.clone();
     let e = c.model_infer(r).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     // The repository API: unknown, badly configured and broken models.
     let load = |m: &str| {
-        common::http(s.http, "POST", &format!("/v2/repository/models/{m}/load"), &[], b"")
+        common::http(
+            s.http,
+            "POST",
+            &format!("/v2/repository/models/{m}/load"),
+            &[],
+            b"",
+        )
     };
     for (model, status, says) in [
         ("nope", 404, "no model 'nope'"),
@@ -186,9 +201,16 @@ async fn errors_quote_names_briefly_and_never_the_repository_path() {
         let r = load(model);
         assert_eq!(r.status, status, "{model}: {}", r.error());
         assert!(r.error().contains(says), "{model}: {}", r.error());
-        assert!(!r.error().contains(&root), "{model} tells the repository's path: {}", r.error());
+        assert!(
+            !r.error().contains(&root),
+            "{model} tells the repository's path: {}",
+            r.error()
+        );
     }
     let index = common::http(s.http, "POST", "/v2/repository/index", &[], b"");
     let text = String::from_utf8_lossy(&index.body).to_string();
-    assert!(text.contains("model.onnx") && !text.contains(&root), "{text}");
+    assert!(
+        text.contains("model.onnx") && !text.contains(&root),
+        "{text}"
+    );
 }
