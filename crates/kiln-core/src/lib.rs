@@ -30,7 +30,7 @@ pub use dtype::DataType;
 pub use error::{ErrorKind, KilnError};
 pub use handle::{Core, CoreOptions};
 pub use infer::{InferInput, InferOutput, InferRequest, InferResponse};
-pub use loader::{ControlMode, LoadError, LoadReport, PollState};
+pub use loader::{ControlMode, LoadError, LoadReport};
 pub use model::{ModelSignature, TensorSpec, Version};
 pub use registry::{IndexEntry, ModelState, ModelVersion};
 pub use tensor::Tensor;

@@ -46,9 +46,6 @@ pub enum LoadError {
         name: String,
         failures: Vec<(Version, VersionError)>,
     },
-    /// The loader itself failed (it panicked).
-    #[error("{0}")]
-    Internal(String),
 }
 
 fn list(failures: &[(Version, VersionError)]) -> String {
@@ -77,7 +74,6 @@ impl LoadError {
                     ErrorKind::InvalidArgument
                 }
             }
-            LoadError::Internal(_) => ErrorKind::Internal,
         }
     }
 }
