@@ -2,8 +2,9 @@
 # Runs Kiln's whole test suite: Rust unit and integration tests (the real binary
 # over REST and gRPC), then the Python suite (tritonclient over HTTP JSON/binary and
 # gRPC against in-process onnxruntime on both backends, and perf_analyzer smoke runs).
-# Then the deployment checks (scripts/deploy-checks.sh): Dockerfile, Kubernetes
-# manifests, alert rules and dashboard, and the image built and run with podman.
+# Then a 2-minute soak (scripts/soak.py) and the deployment checks
+# (scripts/deploy-checks.sh): Dockerfile, Kubernetes manifests, alert rules and
+# dashboard, and the image built and run with podman.
 # Installs what it needs: the virtualenv (scripts/setup-python.sh), libb64 for
 # perf_analyzer, Prometheus for the scrape test, and the deployment tools.
 #   KILN_DEPLOY_CHECKS=0   skip the deployment checks
@@ -15,6 +16,11 @@ cargo test --release --workspace --locked
 KILN_BIN="$PWD/target/release/kiln" \
 KILN_REQUIRE_PERF_ANALYZER="${KILN_REQUIRE_PERF_ANALYZER:-1}" \
   "$venv/bin/python" -m pytest -q tests/python "$@"
+# The soak's short form: 2 minutes of load, hot reloads, canary changes and
+# connection churn, failing on growth of memory, descriptors or threads
+# (scripts/soak.sh runs the 30-minute one).
+KILN_BIN="$PWD/target/release/kiln" DURATION_SECS=120 INTERVAL_SECS=20 \
+  "$venv/bin/python" scripts/soak.py
 if [ "${KILN_DEPLOY_CHECKS:-1}" != 0 ]; then
   scripts/deploy-checks.sh
 fi
