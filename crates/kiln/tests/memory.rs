@@ -59,6 +59,7 @@ async fn rss_stays_flat_without_scrapes() {
     let after = rss_kib(s.pid());
     let grown = after.saturating_sub(before);
     eprintln!("RSS {before} KiB -> {after} KiB over 100,000 requests");
-    // Kept samples would be about 6.5 MiB here.
-    assert!(grown < 2048, "RSS grew {grown} KiB over 100,000 requests");
+    // Kept samples would be about 6.5 MiB here; allocator noise was seen up to
+    // 2.7 MiB on a clean CI run.
+    assert!(grown < 4096, "RSS grew {grown} KiB over 100,000 requests");
 }
