@@ -204,9 +204,14 @@ def test_rate_matches_the_clients_rate_and_rules_evaluate(stack):
     rec = prom.wait("kiln:requests:rate5m recorded",
                     lambda: prom.query('kiln:requests:rate5m{model="digits_mlp",outcome="success"}[5s]'))
     assert rec[0]["metric"]["namespace"] == "kiln"
+    # A scrape's samples carry the scrape's start time but land when the scrape
+    # ends, so a rule evaluated in between saw one sample fewer than a query for
+    # the same instant sees now: the two may differ by one sample's worth of
+    # extrapolation (under 1% here; CI once saw 0.8%). A wrong expression (other
+    # series, other window, a missing sum) is off by far more than 5%.
     for at, value in rec[0]["values"][-3:]:
         direct = prom.scalar(f"sum(rate(kiln_requests_total{{{sel}}}[5m]))", at=float(at))
-        assert float(value) > 0 and abs(float(value) - direct) <= 1e-9 * max(1.0, direct), (at, value, direct)
+        assert float(value) > 0 and abs(float(value) - direct) <= 0.05 * direct, (at, value, direct)
     p99 = prom.query('kiln:request_duration_seconds:p99_5m{model="digits_mlp"}')
     assert p99 and 0 < float(p99[0]["value"][1]) < 10, p99
     ratio = prom.query('kiln:request_errors:ratio_rate5m{model="digits_mlp"}')

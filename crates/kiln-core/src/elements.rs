@@ -30,6 +30,16 @@ impl ElementWriter {
         }
     }
 
+    /// A writer with room for `bytes` bytes reserved. Callers bound `bytes` by
+    /// what the request's own size can hold, never by a shape a client claims.
+    pub fn with_capacity(dtype: DataType, bytes: usize) -> Self {
+        ElementWriter {
+            dtype,
+            buf: Vec::with_capacity(bytes),
+            count: 0,
+        }
+    }
+
     pub fn count(&self) -> usize {
         self.count
     }

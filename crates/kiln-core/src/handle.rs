@@ -5,6 +5,7 @@
 //! front end never has to.
 
 use crate::backend::Backends;
+use crate::budget::ByteBudget;
 use crate::error::KilnError;
 use crate::infer::{InferRequest, InferResponse};
 use crate::loader::{ControlMode, LoadReport, Loader, PollState};
@@ -31,6 +32,9 @@ pub struct CoreOptions {
     pub startup_models: Vec<String>,
     /// A version folder counts only once it holds a file of this name.
     pub ready_marker: Option<String>,
+    /// Request bytes held in memory at once (bodies being decoded, tensors
+    /// queued or computing); `None`: no limit.
+    pub max_inflight_bytes: Option<usize>,
 }
 
 struct Inner {
@@ -41,6 +45,7 @@ struct Inner {
     /// The start-up load finished.
     loaded: AtomicBool,
     poll: Mutex<PollState>,
+    budget: ByteBudget,
 }
 
 /// The core handle: cheap to clone, shared by every front end.
@@ -73,12 +78,13 @@ impl Core {
         };
         Core {
             inner: Arc::new(Inner {
-                opts,
                 server: Server::new(registry.clone()),
                 registry,
                 loader,
                 loaded: AtomicBool::new(false),
                 poll: Mutex::new(PollState::default()),
+                budget: ByteBudget::new(opts.max_inflight_bytes.unwrap_or(usize::MAX)),
+                opts,
             }),
         }
     }
@@ -120,6 +126,11 @@ impl Core {
     /// Resolves once draining has begun and no admitted request is left.
     pub async fn drained(&self) {
         self.inner.server.drained().await
+    }
+
+    /// The budget front ends charge a request's bytes to before holding them.
+    pub fn budget(&self) -> &ByteBudget {
+        &self.inner.budget
     }
 
     /// Runs one inference request.

@@ -7,6 +7,7 @@
 //! refer to each other by full path, never through the re-exports below.
 
 pub mod backend;
+pub mod budget;
 pub mod config;
 pub mod dtype;
 pub mod elements;

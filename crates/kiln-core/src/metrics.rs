@@ -27,6 +27,8 @@ pub const SHADOW_REQUESTS: &str = "kiln_shadow_requests_total";
 pub const SHADOW_DURATION: &str = "kiln_shadow_request_duration_seconds";
 pub const SHADOW_OUTPUT_DIFF: &str = "kiln_shadow_output_max_abs_diff";
 pub const SHADOW_MISMATCHES: &str = "kiln_shadow_output_mismatches_total";
+pub const REQUEST_BYTES_HELD: &str = "kiln_request_bytes_held";
+pub const REQUEST_BYTES_LIMIT: &str = "kiln_request_bytes_limit";
 
 /// Bucket bounds for the shadow's largest absolute output difference.
 pub const DIFF_BUCKETS: &[f64] = &[
@@ -109,6 +111,16 @@ pub fn describe() {
     );
     describe_counter!(EXECUTIONS_TOTAL, "Backend executions (batches run).");
     describe_gauge!(QUEUE_DEPTH, "Requests waiting in the version's queue.");
+    describe_gauge!(
+        REQUEST_BYTES_HELD,
+        Unit::Bytes,
+        "Request bytes held now, server-wide: bodies and messages being decoded, tensors queued or computing."
+    );
+    describe_gauge!(
+        REQUEST_BYTES_LIMIT,
+        Unit::Bytes,
+        "The most request bytes held at once (--max-inflight-bytes); beyond it requests are refused as busy."
+    );
     describe_gauge!(
         QUEUE_CAPACITY,
         "Requests the version's queue holds before refusing more (max_queue_size)."

@@ -64,6 +64,26 @@ fn param(p: &pb::InferParameter) -> Param {
     }
 }
 
+/// The tensor bytes a request message holds (raw and typed contents), counted
+/// without walking the elements but for BYTES.
+pub fn held_bytes(r: &ModelInferRequest) -> usize {
+    let raw: usize = r.raw_input_contents.iter().map(Vec::len).sum();
+    let typed: usize = r
+        .inputs
+        .iter()
+        .filter_map(|t| t.contents.as_ref())
+        .map(contents_bytes)
+        .sum();
+    raw + typed
+}
+
+fn contents_bytes(c: &InferTensorContents) -> usize {
+    c.bool_contents.len()
+        + 4 * (c.int_contents.len() + c.uint_contents.len() + c.fp32_contents.len())
+        + 8 * (c.int64_contents.len() + c.uint64_contents.len() + c.fp64_contents.len())
+        + c.bytes_contents.iter().map(|b| 4 + b.len()).sum::<usize>()
+}
+
 /// Decodes a ModelInferRequest into the core's request. `deadline` is what is left
 /// of the call's gRPC deadline, if it has one.
 pub fn request(
@@ -141,7 +161,9 @@ fn input_tensor(
             "has no data (set contents or raw_input_contents)".into()
         ));
     };
-    let mut w = ElementWriter::new(dtype);
+    // Typed contents become at most their own size once in the tensor's layout
+    // (narrower types, INT8 from int_contents, only shrink).
+    let mut w = ElementWriter::with_capacity(dtype, contents_bytes(c));
     let push_all = |w: &mut ElementWriter,
                     vals: &mut dyn Iterator<Item = Value<'_>>|
      -> Result<(), KilnError> {

@@ -3,6 +3,7 @@
 //! does the work.
 
 pub mod convert;
+mod size_status;
 mod views;
 
 /// Generated protocol types (package `inference`).
@@ -20,6 +21,7 @@ use std::pin::Pin;
 use tonic::{Request, Response, Status};
 
 pub use pb::grpc_inference_service_client::GrpcInferenceServiceClient;
+pub use size_status::SizeStatus;
 
 /// Maps the core's error to a gRPC status: the one place this mapping lives.
 pub fn status(e: KilnError) -> Status {
@@ -44,11 +46,17 @@ impl InferenceService {
         InferenceService { core }
     }
 
-    /// A tonic service with message size limits applied.
-    pub fn into_server(self, max_message_bytes: usize) -> GrpcInferenceServiceServer<Self> {
-        GrpcInferenceServiceServer::new(self)
-            .max_decoding_message_size(max_message_bytes)
-            .max_encoding_message_size(max_message_bytes)
+    /// A tonic service with message size limits applied (a message over them
+    /// is answered RESOURCE_EXHAUSTED).
+    pub fn into_server(
+        self,
+        max_message_bytes: usize,
+    ) -> SizeStatus<GrpcInferenceServiceServer<Self>> {
+        SizeStatus(
+            GrpcInferenceServiceServer::new(self)
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes),
+        )
     }
 
     async fn infer(
@@ -57,7 +65,23 @@ impl InferenceService {
         deadline: Option<std::time::Duration>,
         routing_key: Option<&str>,
     ) -> Result<ModelInferResponse, KilnError> {
-        let mut req = convert::request(req, deadline)?;
+        // tonic has already decoded the message (its size bounded by the
+        // message limit); from here it counts against the byte budget: the
+        // message and its tensors while converted, then the tensors alone.
+        let held = convert::held_bytes(&req);
+        let mut charge = core.budget().charge(held)?;
+        let (mut req, _charge) = if held <= kiln_protocol::INLINE_DECODE_BYTES {
+            (convert::request(req, deadline)?, charge)
+        } else {
+            tokio::task::spawn_blocking(move || {
+                charge.set(2 * held)?;
+                let req = convert::request(req, deadline)?;
+                charge.set(req.inputs.iter().map(|i| i.tensor.data().len()).sum())?;
+                Ok::<_, KilnError>((req, charge))
+            })
+            .await
+            .map_err(|_| KilnError::internal("the request decoder failed"))??
+        };
         if req.routing_key.is_none() {
             req.routing_key = routing_key.map(str::to_string);
         }

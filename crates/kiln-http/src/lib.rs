@@ -1,16 +1,18 @@
 //! Kiln's REST front end: the KServe V2 protocol with Triton's extensions, over axum.
 //! It only decodes, validates and encodes; the core does the work.
 
+mod body;
 mod codec;
 mod traffic;
 mod views;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use kiln_core::budget::Charge;
 use kiln_core::{Core, ErrorKind, KilnError};
 use serde_json::json;
 use std::sync::Arc;
@@ -271,16 +273,32 @@ fn stats_for(
     Ok(Json(views::stats(&list)).into_response())
 }
 
-async fn repository_index(State(s): State<AppState>, body: Body) -> Result<Response, ApiError> {
+async fn repository_index(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     // tritonclient posts an empty body; `{"ready": true}` filters to ready models.
-    let v = json_body(body, s.opts.max_body_bytes, false).await?;
+    let v = json_body(&s, &headers, body, false).await?;
     let ready_only = v.get("ready").and_then(|r| r.as_bool()).unwrap_or(false);
     Ok(Json(views::index(&s.core.index(ready_only).await?)).into_response())
 }
 
+/// Largest body of the repository and traffic APIs: their JSON is a few
+/// hundred bytes, and is parsed into a tree (about ten times its size).
+const CONTROL_BODY_LIMIT: usize = 1 << 20;
+
 /// Parses an optional JSON body (empty means `{}`); `object`: it must be an object.
-async fn json_body(body: Body, limit: usize, object: bool) -> Result<serde_json::Value, ApiError> {
-    let body = read_body(body, limit).await?;
+async fn json_body(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    object: bool,
+) -> Result<serde_json::Value, ApiError> {
+    let limit = s.opts.max_body_bytes.min(CONTROL_BODY_LIMIT);
+    let body = body::read(body, headers, limit, s.core.budget())
+        .await?
+        .bytes;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }
@@ -297,9 +315,10 @@ async fn json_body(body: Body, limit: usize, object: bool) -> Result<serde_json:
 async fn repository_load(
     State(s): State<AppState>,
     Path(model): Path<String>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let v = json_body(body, s.opts.max_body_bytes, true).await?;
+    let v = json_body(&s, &headers, body, true).await?;
     let params = v.get("parameters").cloned().unwrap_or(json!({}));
     let Some(params) = params.as_object() else {
         return Err(KilnError::invalid("'parameters' must be a JSON object").into());
@@ -315,10 +334,11 @@ async fn repository_load(
 async fn repository_unload(
     State(s): State<AppState>,
     Path(model): Path<String>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     // `unload_dependents` and other parameters change nothing: Kiln has no ensembles.
-    json_body(body, s.opts.max_body_bytes, true).await?;
+    json_body(&s, &headers, body, true).await?;
     let report = s.core.unload(&model).await?;
     Ok(Json(views::load_report(&model, &report)).into_response())
 }
@@ -333,9 +353,10 @@ async fn traffic_get(
 async fn traffic_set(
     State(s): State<AppState>,
     Path(model): Path<String>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let v = json_body(body, s.opts.max_body_bytes, true).await?;
+    let v = json_body(&s, &headers, body, true).await?;
     let update = traffic::update(&v)?;
     Ok(Json(views::traffic(&s.core.set_traffic(&model, &update)?)).into_response())
 }
@@ -358,6 +379,28 @@ async fn infer_v(
     infer_for(s, model, Some(version), headers, body).await
 }
 
+/// Decodes a body; while both are held, the charge covers the body and its
+/// tensors, then (the body dropped) the tensors alone, until the answer.
+fn decode(
+    model: String,
+    version: Option<String>,
+    read: body::Read,
+    header_len: Option<usize>,
+) -> Result<(codec::Decoded, Charge), KilnError> {
+    let body::Read { bytes, mut charge } = read;
+    let decoded = codec::decode_request(model, version, &bytes, header_len)?;
+    let tensors: usize = decoded
+        .request
+        .inputs
+        .iter()
+        .map(|i| i.tensor.data().len())
+        .sum();
+    charge.set(bytes.len() + tensors)?;
+    drop(bytes);
+    charge.set(tensors)?;
+    Ok((decoded, charge))
+}
+
 async fn infer_for(
     s: AppState,
     model: String,
@@ -365,7 +408,6 @@ async fn infer_for(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let body = read_body(body, s.opts.max_body_bytes).await?;
     let header_len = match headers.get(HEADER_LENGTH) {
         None => None,
         Some(v) => Some(
@@ -377,7 +419,14 @@ async fn infer_for(
                 })?,
         ),
     };
-    let mut decoded = codec::decode_request(model, version, &body, header_len)?;
+    let read = body::read(body, &headers, s.opts.max_body_bytes, s.core.budget()).await?;
+    let (mut decoded, _charge) = if read.bytes.len() <= kiln_protocol::INLINE_DECODE_BYTES {
+        decode(model, version, read, header_len)?
+    } else {
+        tokio::task::spawn_blocking(move || decode(model, version, read, header_len))
+            .await
+            .map_err(|_| KilnError::internal("the request decoder failed"))??
+    };
     if decoded.request.routing_key.is_none() {
         decoded.request.routing_key = headers
             .get(kiln_protocol::ROUTING_KEY_HEADER)
@@ -410,22 +459,4 @@ async fn infer_for(
 async fn metrics(State(s): State<AppState>) -> Response {
     let text = s.opts.metrics.as_ref().map(|f| f()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
-}
-
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        // Distinguish the size limit from a broken connection.
-        let too_large = std::error::Error::source(&e)
-            .map(|s| s.is::<http_body_util::LengthLimitError>())
-            .unwrap_or(false);
-        if too_large {
-            KilnError::new(
-                ErrorKind::ResourceExhausted,
-                format!("request body exceeds {limit} bytes"),
-            )
-        } else {
-            KilnError::invalid(format!("cannot read request body: {e}"))
-        }
-        .into()
-    })
 }

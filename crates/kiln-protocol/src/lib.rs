@@ -16,6 +16,11 @@ pub const EXTENSIONS: &[&str] = &[
     "statistics",
 ];
 
+/// Request bodies up to this size are decoded on the runtime worker that read
+/// them (tens of microseconds); larger ones on a blocking thread, since
+/// milliseconds of decoding on a worker stall every connection it serves.
+pub const INLINE_DECODE_BYTES: usize = 64 * 1024;
+
 /// HTTP header carrying a routing key (gRPC: the same name as metadata).
 pub const ROUTING_KEY_HEADER: &str = "x-kiln-routing-key";
 

@@ -71,6 +71,14 @@ pub struct Args {
     #[arg(long, env = "KILN_GRPC_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
     pub grpc_max_message_bytes: usize,
 
+    /// Request bytes held in memory at once, server-wide: bodies and gRPC messages
+    /// being decoded, and tensors queued or computing. A request that would pass
+    /// it is refused at once with 503 / UNAVAILABLE (413 / RESOURCE_EXHAUSTED if it
+    /// alone is larger). Default: a quarter of the memory limit (the cgroup's,
+    /// else the machine's); 0: no limit.
+    #[arg(long, env = "KILN_MAX_INFLIGHT_BYTES")]
+    pub max_inflight_bytes: Option<usize>,
+
     /// Seconds to let requests in flight finish after SIGTERM/SIGINT.
     #[arg(long, env = "KILN_EXIT_TIMEOUT_SECS", default_value_t = 30)]
     pub exit_timeout_secs: u64,

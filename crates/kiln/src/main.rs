@@ -2,6 +2,7 @@
 
 mod cli;
 mod gpu_metrics;
+mod limits;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
@@ -39,6 +40,20 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
+/// `--max-inflight-bytes`, or its default from the memory limit; logged.
+fn inflight_budget(args: &cli::Args) -> Option<usize> {
+    let bytes = match args.max_inflight_bytes {
+        Some(0) => {
+            tracing::info!("request byte budget: none (--max-inflight-bytes 0)");
+            return None;
+        }
+        Some(n) => n,
+        None => limits::default_inflight_bytes(limits::memory_limit()),
+    };
+    tracing::info!("request byte budget: {bytes} bytes held at once");
+    Some(bytes)
+}
+
 fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "info",
@@ -57,6 +72,13 @@ fn init_logging(verbose: u8) {
 }
 
 async fn run(args: cli::Args) -> anyhow::Result<()> {
+    // Each connection holds a descriptor: take all the system allows us.
+    match limits::raise_open_files() {
+        Ok((before, after)) => {
+            tracing::info!("open-file limit: {after} (soft limit was {before})")
+        }
+        Err(e) => tracing::warn!("cannot read or raise the open-file limit: {e}"),
+    }
     let prometheus = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Suffix("_seconds".into()),
@@ -116,6 +138,7 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
             control_mode: args.model_control_mode.into(),
             startup_models: args.load_model.clone(),
             ready_marker: args.repository_ready_marker.clone(),
+            max_inflight_bytes: inflight_budget(&args),
         },
         backends,
     );

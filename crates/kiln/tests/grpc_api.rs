@@ -399,3 +399,31 @@ fn tokio_stream_iter(
 mod futures_core_stream {
     pub use tokio_stream::{iter, Stream};
 }
+
+/// The statuses tonic itself answers match the README and gRPC's guide to status
+/// codes: a message over the size limit is RESOURCE_EXHAUSTED (tonic said
+/// OUT_OF_RANGE), in a unary call and in a stream; a message that is not a valid
+/// protobuf is INTERNAL, as every gRPC library answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn size_limit_and_malformed_message_statuses() {
+    let s = common::start("tests/models", &["--grpc-max-message-bytes", "4096"]);
+    let mut c = client(s.grpc).await;
+    let e = c.model_infer(mlp_request(100)).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    assert!(e.message().contains("too large"), "{}", e.message());
+    let mut stream = c
+        .model_stream_infer(tokio_stream_iter(vec![mlp_request(1), mlp_request(100)]))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(first.error_message.is_empty(), "{}", first.error_message);
+    let e = stream.message().await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    // Not a protobuf: a field of wire type 7, which does not exist.
+    let (code, message) =
+        common::raw_grpc_call(s.grpc, "ModelInfer", &[0x0f, 0xff, 0xff], &[]).await;
+    assert_eq!(code, Code::Internal, "{message}");
+    // Within limits, the same connection's next call is answered.
+    assert!(c.model_infer(mlp_request(1)).await.is_ok());
+}

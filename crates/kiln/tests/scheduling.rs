@@ -337,37 +337,14 @@ fn queued_requests_time_out_or_leave_without_being_computed() {
 /// returns the grpc-status and grpc-message the server answered.
 async fn raw_grpc_infer(port: u16, req: ModelInferRequest, timeout: &str) -> (i32, String) {
     use prost::Message;
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(conn);
-    let head = http::Request::post(format!(
-        "http://127.0.0.1:{port}/inference.GRPCInferenceService/ModelInfer"
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .header("grpc-timeout", timeout)
-    .body(())
-    .unwrap();
-    let (response, mut send) = h2.send_request(head, false).unwrap();
-    let msg = req.encode_to_vec();
-    let mut framed = vec![0u8];
-    framed.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-    framed.extend_from_slice(&msg);
-    send.send_data(bytes::Bytes::from(framed), true).unwrap();
-    let (parts, mut body) = response.await.unwrap().into_parts();
-    // Trailers-only answers carry the status in the headers.
-    let mut fields = parts.headers;
-    if !fields.contains_key("grpc-status") {
-        while let Some(chunk) = body.data().await {
-            let _ = chunk.unwrap();
-        }
-        fields = body.trailers().await.unwrap().unwrap_or_default();
-    }
-    // tonic decodes grpc-status and the percent-encoded grpc-message.
-    let status = tonic::Status::from_header_map(&fields).expect("a grpc-status");
-    (status.code() as i32, status.message().to_string())
+    let (code, message) = common::raw_grpc_call(
+        port,
+        "ModelInfer",
+        &req.encode_to_vec(),
+        &[("grpc-timeout", timeout)],
+    )
+    .await;
+    (code as i32, message)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

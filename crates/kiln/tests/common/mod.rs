@@ -259,3 +259,44 @@ pub async fn grpc_client(
         .await
         .expect("connect")
 }
+
+/// Sends one gRPC call of `method` (of the inference service) over plain HTTP/2,
+/// with `message` as its one (unchecked) message, and returns the status the
+/// server answered: the way to send what a generated client never would.
+pub async fn raw_grpc_call(
+    port: u16,
+    method: &str,
+    message: &[u8],
+    headers: &[(&str, &str)],
+) -> (tonic::Code, String) {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut head = http::Request::post(format!(
+        "http://127.0.0.1:{port}/inference.GRPCInferenceService/{method}"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers");
+    for (k, v) in headers {
+        head = head.header(*k, *v);
+    }
+    let (response, mut send) = h2.send_request(head.body(()).unwrap(), false).unwrap();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(message);
+    send.send_data(bytes::Bytes::from(framed), true).unwrap();
+    let (parts, mut body) = response.await.unwrap().into_parts();
+    // Trailers-only answers carry the status in the headers.
+    let mut fields = parts.headers;
+    if !fields.contains_key("grpc-status") {
+        while let Some(chunk) = body.data().await {
+            let _ = chunk.unwrap();
+        }
+        fields = body.trailers().await.unwrap().unwrap_or_default();
+    }
+    // tonic decodes grpc-status and the percent-encoded grpc-message.
+    let status = tonic::Status::from_header_map(&fields).expect("a grpc-status");
+    (status.code(), status.message().to_string())
+}
