@@ -13,6 +13,9 @@ pub enum ErrorKind {
     DeadlineExceeded,
     /// The request is larger than the server takes (HTTP 413, RESOURCE_EXHAUSTED).
     ResourceExhausted,
+    /// The client took longer to send its request than the server waits
+    /// (HTTP 408, DEADLINE_EXCEEDED).
+    ClientTimeout,
     /// The server or backend failed (HTTP 500, INTERNAL).
     Internal,
 }

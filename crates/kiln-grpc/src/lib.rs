@@ -31,6 +31,7 @@ pub fn status(e: KilnError) -> Status {
         ErrorKind::Unavailable => Status::unavailable(e.message),
         ErrorKind::DeadlineExceeded => Status::deadline_exceeded(e.message),
         ErrorKind::ResourceExhausted => Status::resource_exhausted(e.message),
+        ErrorKind::ClientTimeout => Status::deadline_exceeded(e.message),
         ErrorKind::Internal => Status::internal(e.message),
     }
 }

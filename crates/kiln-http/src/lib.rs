@@ -2,7 +2,9 @@
 //! It only decodes, validates and encodes; the core does the work.
 
 mod body;
-mod codec;
+/// The inference body codec (public for the fuzz targets).
+#[doc(hidden)]
+pub mod codec;
 mod traffic;
 mod views;
 
@@ -26,6 +28,8 @@ pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
 pub struct HttpOptions {
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Longest a request's body may take to arrive once its headers have.
+    pub body_read_timeout: std::time::Duration,
     /// Serves `GET /metrics` when set.
     pub metrics: Option<MetricsRender>,
 }
@@ -74,6 +78,7 @@ fn status(answer: Answer) -> StatusCode {
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::ResourceExhausted => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         },
     }
@@ -296,9 +301,15 @@ async fn json_body(
     object: bool,
 ) -> Result<serde_json::Value, ApiError> {
     let limit = s.opts.max_body_bytes.min(CONTROL_BODY_LIMIT);
-    let body = body::read(body, headers, limit, s.core.budget())
-        .await?
-        .bytes;
+    let body = body::read(
+        body,
+        headers,
+        limit,
+        s.opts.body_read_timeout,
+        s.core.budget(),
+    )
+    .await?
+    .bytes;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }
@@ -419,7 +430,14 @@ async fn infer_for(
                 })?,
         ),
     };
-    let read = body::read(body, &headers, s.opts.max_body_bytes, s.core.budget()).await?;
+    let read = body::read(
+        body,
+        &headers,
+        s.opts.max_body_bytes,
+        s.opts.body_read_timeout,
+        s.core.budget(),
+    )
+    .await?;
     let (mut decoded, _charge) = if read.bytes.len() <= kiln_protocol::INLINE_DECODE_BYTES {
         decode(model, version, read, header_len)?
     } else {

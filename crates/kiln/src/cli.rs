@@ -79,6 +79,38 @@ pub struct Args {
     #[arg(long, env = "KILN_MAX_INFLIGHT_BYTES")]
     pub max_inflight_bytes: Option<usize>,
 
+    /// Connections each listener (REST, gRPC, metrics) holds open at once; one over
+    /// it waits in the kernel's backlog until another closes. Default: a third of
+    /// the open-file limit (raised to its hard limit at start) less 256, from 16 to
+    /// 10,000.
+    #[arg(long, env = "KILN_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Seconds a REST request's headers may take to arrive, counted from when the
+    /// connection opens or its previous answer was sent (so it is also how long a
+    /// keep-alive connection may sit idle).
+    #[arg(long, env = "KILN_HTTP_HEADER_READ_TIMEOUT_SECS", default_value_t = 30.0, value_parser = positive_secs)]
+    pub http_header_read_timeout_secs: f64,
+
+    /// Seconds a REST request's body may take to arrive once its headers have;
+    /// past it the answer is 408.
+    #[arg(long, env = "KILN_HTTP_BODY_READ_TIMEOUT_SECS", default_value_t = 60.0, value_parser = positive_secs)]
+    pub http_body_read_timeout_secs: f64,
+
+    /// Seconds a gRPC connection may go without anything arriving on it (no
+    /// frames, no answers to the server's keep-alive pings) before it is closed.
+    #[arg(long, env = "KILN_GRPC_IDLE_TIMEOUT_SECS", default_value_t = 120.0, value_parser = positive_secs)]
+    pub grpc_idle_timeout_secs: f64,
+
+    /// Seconds between the server's HTTP/2 keep-alive pings on a gRPC connection; a
+    /// ping unanswered for 20 s closes it. 0: no pings.
+    #[arg(long, env = "KILN_GRPC_KEEPALIVE_SECS", default_value_t = 30.0, value_parser = non_negative_secs)]
+    pub grpc_keepalive_secs: f64,
+
+    /// Concurrent gRPC streams (calls) one connection may have open.
+    #[arg(long, env = "KILN_GRPC_MAX_CONCURRENT_STREAMS", default_value_t = 128)]
+    pub grpc_max_concurrent_streams: u32,
+
     /// Seconds to let requests in flight finish after SIGTERM/SIGINT.
     #[arg(long, env = "KILN_EXIT_TIMEOUT_SECS", default_value_t = 30)]
     pub exit_timeout_secs: u64,

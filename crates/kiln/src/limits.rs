@@ -42,6 +42,16 @@ pub fn default_inflight_bytes(memory: Option<u64>) -> usize {
     usize::try_from(bytes).unwrap_or(usize::MAX)
 }
 
+/// The default of `--max-connections`, per listener: a third of the open-file
+/// limit less 256 (for model files, libraries and the other listeners), from 16
+/// to 10,000; 1,024 when the limit is unknown.
+pub fn default_max_connections(open_files: Option<u64>) -> usize {
+    let per_listener = open_files.map_or(1024, |n| n.saturating_sub(256) / 3);
+    usize::try_from(per_listener)
+        .unwrap_or(usize::MAX)
+        .clamp(16, 10_000)
+}
+
 /// Raises the soft open-file limit to the hard one; returns both (before, after).
 pub fn raise_open_files() -> std::io::Result<(u64, u64)> {
     let (soft, hard) = rlimit::Resource::NOFILE.get()?;
@@ -87,6 +97,14 @@ mod tests {
         assert_eq!(default_inflight_bytes(Some(4 << 30)), 1 << 30);
         assert_eq!(default_inflight_bytes(None), 1 << 30);
         assert!(physical_memory().is_some_and(|m| m > 0));
+    }
+
+    #[test]
+    fn connections_default_to_a_share_of_the_open_file_limit() {
+        assert_eq!(default_max_connections(Some(1024)), 256);
+        assert_eq!(default_max_connections(Some(1 << 20)), 10_000);
+        assert_eq!(default_max_connections(Some(100)), 16);
+        assert_eq!(default_max_connections(None), 1024);
     }
 
     #[test]

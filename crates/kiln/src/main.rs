@@ -3,9 +3,10 @@
 mod cli;
 mod gpu_metrics;
 mod limits;
+mod listen;
+mod serve_http;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use clap::Parser;
 use kiln_backend_candle::CandleFactory;
 use kiln_backend_ort::OrtFactory;
@@ -18,7 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::StreamExt;
 
 fn main() -> anyhow::Result<()> {
     let args = cli::Args::parse();
@@ -73,12 +73,25 @@ fn init_logging(verbose: u8) {
 
 async fn run(args: cli::Args) -> anyhow::Result<()> {
     // Each connection holds a descriptor: take all the system allows us.
-    match limits::raise_open_files() {
+    let open_files = match limits::raise_open_files() {
         Ok((before, after)) => {
-            tracing::info!("open-file limit: {after} (soft limit was {before})")
+            tracing::info!("open-file limit: {after} (soft limit was {before})");
+            Some(after)
         }
-        Err(e) => tracing::warn!("cannot read or raise the open-file limit: {e}"),
-    }
+        Err(e) => {
+            tracing::warn!("cannot read or raise the open-file limit: {e}");
+            None
+        }
+    };
+    let max_connections = args
+        .max_connections
+        .unwrap_or_else(|| limits::default_max_connections(open_files));
+    tracing::info!("at most {max_connections} connections per listener");
+    let http_limits = listen::ConnLimits {
+        max_connections,
+        read_idle: None,
+    };
+    let header_timeout = Duration::from_secs_f64(args.http_header_read_timeout_secs);
     let prometheus = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Suffix("_seconds".into()),
@@ -164,10 +177,18 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
             core.clone(),
             kiln_http::HttpOptions {
                 max_body_bytes: args.http_max_body_bytes,
+                body_read_timeout: Duration::from_secs_f64(args.http_body_read_timeout_secs),
                 metrics: metrics_here.then(|| render.clone()),
             },
         );
-        servers.spawn(serve_axum(listener, app, stop_rx.clone(), "HTTP"));
+        servers.spawn(serve_http::serve(
+            listener,
+            app,
+            http_limits,
+            header_timeout,
+            stop_rx.clone(),
+            "HTTP",
+        ));
     }
     if let (true, Some(port)) = (args.allow_metrics, args.metrics_port) {
         let addr = SocketAddr::new(args.http_address, port);
@@ -180,7 +201,14 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
             "/metrics",
             axum::routing::get(move || async move { render() }),
         );
-        servers.spawn(serve_axum(listener, app, stop_rx.clone(), "metrics"));
+        servers.spawn(serve_http::serve(
+            listener,
+            app,
+            http_limits,
+            header_timeout,
+            stop_rx.clone(),
+            "metrics",
+        ));
     }
     if args.allow_grpc {
         let addr = SocketAddr::new(args.grpc_address, args.grpc_port);
@@ -190,16 +218,22 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
         tracing::info!("gRPC listening on {}", listener.local_addr()?);
         let service =
             kiln_grpc::InferenceService::new(core.clone()).into_server(args.grpc_max_message_bytes);
-        // Small responses must not wait for Nagle's algorithm and delayed ACKs.
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
-            if let Ok(tcp) = &conn {
-                let _ = tcp.set_nodelay(true);
-            }
-            conn
-        });
+        let incoming = listen::incoming(
+            listener,
+            listen::ConnLimits {
+                max_connections,
+                read_idle: Some(Duration::from_secs_f64(args.grpc_idle_timeout_secs)),
+            },
+            "gRPC",
+        );
+        let keepalive =
+            Some(Duration::from_secs_f64(args.grpc_keepalive_secs)).filter(|d| !d.is_zero());
+        let streams = args.grpc_max_concurrent_streams;
         let mut stop = stop_rx.clone();
         servers.spawn(async move {
             tonic::transport::Server::builder()
+                .max_concurrent_streams(streams)
+                .http2_keepalive_interval(keepalive)
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.wait_for(|s| *s).await;
@@ -280,25 +314,6 @@ fn start_polling(core: Core, every: Duration, settle: Duration) {
             }
         }
     });
-}
-
-/// Serves an axum app until `stop` turns true, with TCP_NODELAY on every connection
-/// (small responses must not wait on Nagle's algorithm and delayed ACKs).
-async fn serve_axum(
-    listener: TcpListener,
-    app: axum::Router,
-    mut stop: watch::Receiver<bool>,
-    what: &'static str,
-) -> anyhow::Result<()> {
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await
-        .with_context(|| format!("{what} server failed"))
 }
 
 /// Resolves at the first SIGTERM or SIGINT. The handlers are installed when this
