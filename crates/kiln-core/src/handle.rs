@@ -245,6 +245,17 @@ impl Core {
         .await
     }
 
+    /// Runs a front end's CPU-bound work (decoding a large body) on the runtime's
+    /// blocking threads, never on a worker, where it would stall every
+    /// connection that worker serves.
+    pub async fn compute<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, KilnError> {
+        self.off_runtime(what, move |_| work()).await
+    }
+
     /// Runs blocking core work on the runtime's blocking threads; a panic there
     /// becomes one internal error, here and nowhere else.
     async fn off_runtime<T: Send + 'static>(

@@ -74,14 +74,13 @@ impl InferenceService {
         let (mut req, _charge) = if held <= kiln_protocol::INLINE_DECODE_BYTES {
             (convert::request(req, deadline)?, charge)
         } else {
-            tokio::task::spawn_blocking(move || {
+            core.compute("request decoder", move || {
                 charge.set(2 * held)?;
                 let req = convert::request(req, deadline)?;
                 charge.set(req.inputs.iter().map(|i| i.tensor.data().len()).sum())?;
                 Ok::<_, KilnError>((req, charge))
             })
-            .await
-            .map_err(|_| KilnError::internal("the request decoder failed"))??
+            .await??
         };
         if req.routing_key.is_none() {
             req.routing_key = routing_key.map(str::to_string);

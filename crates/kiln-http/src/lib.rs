@@ -441,9 +441,11 @@ async fn infer_for(
     let (mut decoded, _charge) = if read.bytes.len() <= kiln_protocol::INLINE_DECODE_BYTES {
         decode(model, version, read, header_len)?
     } else {
-        tokio::task::spawn_blocking(move || decode(model, version, read, header_len))
-            .await
-            .map_err(|_| KilnError::internal("the request decoder failed"))??
+        s.core
+            .compute("request decoder", move || {
+                decode(model, version, read, header_len)
+            })
+            .await??
     };
     if decoded.request.routing_key.is_none() {
         decoded.request.routing_key = headers

@@ -2,16 +2,25 @@
 //! of its own making (the core's async API does that), and HTTP statuses are
 //! chosen in one function, `status()`, the router's own 404 and 405 aside.
 
+/// Every source file under `src/` (modules in folders too), by path.
 fn source() -> Vec<(String, String)> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            (name, std::fs::read_to_string(e.path()).unwrap())
-        })
-        .collect()
+    fn walk(dir: &std::path::Path, out: &mut Vec<(String, String)>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else {
+                let name = e.file_name().to_string_lossy().into_owned();
+                out.push((name, std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut files,
+    );
+    files
 }
 
 /// The text of `fn name` in `code`, up to the first line that closes it.
