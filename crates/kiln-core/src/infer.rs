@@ -30,6 +30,13 @@ pub struct InferRequest {
     pub routing_key: Option<String>,
 }
 
+impl InferRequest {
+    /// Bytes its input tensors hold (what the byte budget charges while it waits).
+    pub fn tensor_bytes(&self) -> usize {
+        self.inputs.iter().map(|i| i.tensor.data().len()).sum()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct InferOutput {
     pub name: String,

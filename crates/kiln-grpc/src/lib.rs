@@ -13,7 +13,8 @@ pub mod pb {
 }
 
 use futures_util::{Stream, StreamExt};
-use kiln_core::{Core, ErrorKind, KilnError};
+use kiln_core::budget::Charge;
+use kiln_core::{Core, ErrorKind, InferRequest, KilnError};
 use kiln_protocol::{params::Param, version_arg};
 use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use pb::*;
@@ -67,18 +68,14 @@ impl InferenceService {
         routing_key: Option<&str>,
     ) -> Result<ModelInferResponse, KilnError> {
         // tonic has already decoded the message (its size bounded by the
-        // message limit); from here it counts against the byte budget: the
-        // message and its tensors while converted, then the tensors alone.
+        // message limit); from here it counts against the byte budget.
         let held = convert::held_bytes(&req);
-        let mut charge = core.budget().charge(held)?;
+        let charge = core.budget().charge(held)?;
         let (mut req, _charge) = if held <= kiln_protocol::INLINE_DECODE_BYTES {
-            (convert::request(req, deadline)?, charge)
+            convert_charged(req, deadline, charge)?
         } else {
             core.compute("request decoder", move || {
-                charge.set(2 * held)?;
-                let req = convert::request(req, deadline)?;
-                charge.set(req.inputs.iter().map(|i| i.tensor.data().len()).sum())?;
-                Ok::<_, KilnError>((req, charge))
+                convert_charged(req, deadline, charge)
             })
             .await??
         };
@@ -88,6 +85,20 @@ impl InferenceService {
         let resp = core.infer(req).await?;
         Ok(convert::response(resp))
     }
+}
+
+/// Converts a request; while the message and its tensors are both held, the
+/// charge covers both, then (the message consumed) the tensors alone, until the
+/// answer.
+fn convert_charged(
+    req: ModelInferRequest,
+    deadline: Option<std::time::Duration>,
+    mut charge: Charge,
+) -> Result<(InferRequest, Charge), KilnError> {
+    charge.set(2 * charge.bytes())?;
+    let req = convert::request(req, deadline)?;
+    charge.set(req.tensor_bytes())?;
+    Ok((req, charge))
 }
 
 /// The routing key sent as call metadata (a request parameter takes precedence).

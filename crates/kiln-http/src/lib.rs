@@ -400,12 +400,7 @@ fn decode(
 ) -> Result<(codec::Decoded, Charge), KilnError> {
     let body::Read { bytes, mut charge } = read;
     let decoded = codec::decode_request(model, version, &bytes, header_len)?;
-    let tensors: usize = decoded
-        .request
-        .inputs
-        .iter()
-        .map(|i| i.tensor.data().len())
-        .sum();
+    let tensors = decoded.request.tensor_bytes();
     charge.set(bytes.len() + tensors)?;
     drop(bytes);
     charge.set(tensors)?;

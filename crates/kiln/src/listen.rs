@@ -61,26 +61,24 @@ async fn accept(
     limits: ConnLimits,
     what: &str,
 ) -> Conn {
-    // The semaphore is never closed, so acquiring only waits.
-    let slot = loop {
-        match slots.clone().try_acquire_owned() {
-            Ok(slot) => {
-                *full = false;
-                break slot;
+    let slot = match slots.clone().try_acquire_owned() {
+        Ok(slot) => {
+            *full = false;
+            slot
+        }
+        Err(_) => {
+            if !*full {
+                tracing::warn!(
+                    "{what}: {} connections open, the most allowed (--max-connections); new ones wait",
+                    limits.max_connections
+                );
+                *full = true;
             }
-            Err(_) => {
-                if !*full {
-                    tracing::warn!(
-                        "{what}: {} connections open, the most allowed (--max-connections); new ones wait",
-                        limits.max_connections
-                    );
-                    *full = true;
-                }
-                match slots.clone().acquire_owned().await {
-                    Ok(slot) => break slot,
-                    Err(_) => tokio::time::sleep(ACCEPT_BACKOFF).await,
-                }
-            }
+            slots
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the connection semaphore is never closed")
         }
     };
     let mut failing = false;

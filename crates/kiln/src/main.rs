@@ -161,6 +161,17 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
 
     // Bind first, so that liveness answers while models load.
     let (stop_tx, stop_rx) = watch::channel(false);
+    // The REST and metrics listeners are served alike.
+    let serve_rest = |listener, app, what| {
+        serve_http::serve(
+            listener,
+            app,
+            http_limits,
+            header_timeout,
+            stop_rx.clone(),
+            what,
+        )
+    };
     let mut servers = tokio::task::JoinSet::new();
     let render = {
         let handle = prometheus.clone();
@@ -181,14 +192,7 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
                 metrics: metrics_here.then(|| render.clone()),
             },
         );
-        servers.spawn(serve_http::serve(
-            listener,
-            app,
-            http_limits,
-            header_timeout,
-            stop_rx.clone(),
-            "HTTP",
-        ));
+        servers.spawn(serve_rest(listener, app, "HTTP"));
     }
     if let (true, Some(port)) = (args.allow_metrics, args.metrics_port) {
         let addr = SocketAddr::new(args.http_address, port);
@@ -201,14 +205,7 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
             "/metrics",
             axum::routing::get(move || async move { render() }),
         );
-        servers.spawn(serve_http::serve(
-            listener,
-            app,
-            http_limits,
-            header_timeout,
-            stop_rx.clone(),
-            "metrics",
-        ));
+        servers.spawn(serve_rest(listener, app, "metrics"));
     }
     if args.allow_grpc {
         let addr = SocketAddr::new(args.grpc_address, args.grpc_port);
