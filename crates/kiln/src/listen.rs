@@ -32,8 +32,40 @@ pub struct ConnLimits {
 /// An accepted connection; its slot is given back when it is dropped.
 pub struct Conn {
     stream: TcpStream,
-    idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    idle: Option<ReadIdle>,
     _slot: OwnedSemaphorePermit,
+}
+
+/// A connection's read-idle timeout. A read only notes the time; the timer is
+/// moved on when it fires early, so that a busy connection costs a clock read
+/// per read, not a timer-wheel update.
+struct ReadIdle {
+    limit: Duration,
+    last_read: Instant,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl ReadIdle {
+    fn new(limit: Duration) -> Self {
+        ReadIdle {
+            limit,
+            last_read: Instant::now(),
+            timer: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+
+    /// Whether the connection has been idle for its limit (registering a wake-up
+    /// for when it will have been, if not).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.timer.as_mut().poll(cx).is_ready() {
+            let due = self.last_read + self.limit;
+            if due <= Instant::now() {
+                return true;
+            }
+            self.timer.as_mut().reset(due);
+        }
+        false
+    }
 }
 
 /// Accepts connections from `listener` under `limits`, for ever.
@@ -86,9 +118,7 @@ async fn accept(
         match listener.accept().await {
             Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
-                let idle = limits
-                    .read_idle
-                    .map(|d| (d, Box::pin(tokio::time::sleep(d))));
+                let idle = limits.read_idle.map(ReadIdle::new);
                 return Conn {
                     stream,
                     idle,
@@ -128,17 +158,17 @@ impl AsyncRead for Conn {
         let before = buf.filled().len();
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
             Poll::Ready(r) => {
-                if let (Some((d, timer)), true) = (&mut this.idle, buf.filled().len() > before) {
-                    timer.as_mut().reset(Instant::now() + *d);
+                if let (Some(idle), true) = (&mut this.idle, buf.filled().len() > before) {
+                    idle.last_read = Instant::now();
                 }
                 Poll::Ready(r)
             }
             Poll::Pending => {
-                if let Some((d, timer)) = &mut this.idle {
-                    if timer.as_mut().poll(cx).is_ready() {
+                if let Some(idle) = &mut this.idle {
+                    if idle.expired(cx) {
                         return Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::TimedOut,
-                            format!("nothing arrived for {d:?}"),
+                            format!("nothing arrived for {:?}", idle.limit),
                         )));
                     }
                 }
