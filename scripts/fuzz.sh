@@ -9,8 +9,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${FUZZ_SECS:-1800}
+if ! cargo +nightly --version >/dev/null 2>&1; then
+  echo "fuzz.sh: the nightly toolchain is missing (rustup toolchain install nightly)" >&2
+  exit 1
+fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
-  cargo install cargo-fuzz --locked
+  cargo install cargo-fuzz --version 0.13.2 --locked
 fi
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then

@@ -3,6 +3,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     let fds = protox::compile(["grpc_service.proto"], [&proto_dir])?;
     tonic_prost_build::configure()
+        // Checks an inference request's entry counts before prost decodes it.
+        .codec_path("crate::codec::KilnCodec")
+        // Hand-written: BYTES contents decode flat (see src/contents.rs).
+        .extern_path(
+            ".inference.InferTensorContents",
+            "crate::contents::InferTensorContents",
+        )
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

@@ -81,7 +81,7 @@ fn contents_bytes(c: &InferTensorContents) -> usize {
     c.bool_contents.len()
         + 4 * (c.int_contents.len() + c.uint_contents.len() + c.fp32_contents.len())
         + 8 * (c.int64_contents.len() + c.uint64_contents.len() + c.fp64_contents.len())
-        + c.bytes_contents.iter().map(|b| 4 + b.len()).sum::<usize>()
+        + c.bytes_contents.held_bytes()
 }
 
 /// Decodes a ModelInferRequest into the core's request. `deadline` is what is left
@@ -109,12 +109,10 @@ pub fn request(
     }
     let mut raw = raw.into_iter();
     let mut inputs = Vec::with_capacity(r.inputs.len());
-    for t in r.inputs {
-        let tensor = input_tensor(&model, &t, raw.next())?;
-        inputs.push(InferInput {
-            name: t.name,
-            tensor,
-        });
+    for mut t in r.inputs {
+        let name = std::mem::take(&mut t.name);
+        let tensor = input_tensor(&model, &name, t, raw.next())?;
+        inputs.push(InferInput { name, tensor });
     }
     let mut outputs = Vec::with_capacity(r.outputs.len());
     for o in r.outputs {
@@ -134,14 +132,15 @@ pub fn request(
 
 fn input_tensor(
     model: &str,
-    t: &InferInputTensor,
+    name: &str,
+    t: InferInputTensor,
     raw: Option<Vec<u8>>,
 ) -> Result<Tensor, KilnError> {
     let err = |m: String| {
         KilnError::invalid(format!(
             "model '{}' input '{}': {m}",
             quote(model),
-            quote(&t.name)
+            quote(name)
         ))
     };
     let dtype: DataType = t
@@ -156,14 +155,19 @@ fn input_tensor(
         }
         return Tensor::from_bytes(dtype, shape, bytes).map_err(|e| err(e.to_string()));
     }
-    let Some(c) = &t.contents else {
+    let Some(c) = t.contents else {
         return Err(err(
             "has no data (set contents or raw_input_contents)".into()
         ));
     };
+    if dtype == DataType::Bytes {
+        // Already in the tensor's layout: it becomes the tensor as it is.
+        return Tensor::from_bytes(dtype, shape, c.bytes_contents.into_data())
+            .map_err(|e| err(e.to_string()));
+    }
     // Typed contents become at most their own size once in the tensor's layout
     // (narrower types, INT8 from int_contents, only shrink).
-    let mut w = ElementWriter::with_capacity(dtype, contents_bytes(c));
+    let mut w = ElementWriter::with_capacity(dtype, contents_bytes(&c));
     let push_all = |w: &mut ElementWriter,
                     vals: &mut dyn Iterator<Item = Value<'_>>|
      -> Result<(), KilnError> {
@@ -180,8 +184,8 @@ fn input_tensor(
         uint64_contents,
         fp32_contents,
         fp64_contents,
-        bytes_contents,
-    } = c;
+        bytes_contents: _,
+    } = &c;
     match dtype {
         DataType::Bool => push_all(&mut w, &mut bool_contents.iter().map(|&b| Value::Bool(b)))?,
         DataType::Int8 | DataType::Int16 | DataType::Int32 => push_all(
@@ -199,8 +203,8 @@ fn input_tensor(
             &mut fp32_contents.iter().map(|&f| Value::Float(f as f64)),
         )?,
         DataType::Fp64 => push_all(&mut w, &mut fp64_contents.iter().map(|&f| Value::Float(f)))?,
-        DataType::Bytes => push_all(&mut w, &mut bytes_contents.iter().map(|b| Value::Bytes(b)))?,
-        DataType::Fp16 | DataType::Bf16 => {
+        // (BYTES has become its tensor above.)
+        DataType::Bytes | DataType::Fp16 | DataType::Bf16 => {
             return Err(err(format!(
                 "{dtype} data must be sent in raw_input_contents"
             )))

@@ -2,14 +2,20 @@
 //! Triton's `grpc_service.proto`. It only decodes, validates and encodes; the core
 //! does the work.
 
+mod codec;
+pub mod contents;
 pub mod convert;
 mod size_status;
 mod views;
+#[doc(hidden)]
+pub mod wire_limits;
 
-/// Generated protocol types (package `inference`).
+/// Generated protocol types (package `inference`), but for the hand-written
+/// `InferTensorContents`.
 pub mod pb {
     #![allow(clippy::all, clippy::pedantic)]
     tonic::include_proto!("inference");
+    pub use crate::contents::InferTensorContents;
 }
 
 use futures_util::{Stream, StreamExt};

@@ -21,6 +21,14 @@ pub const EXTENSIONS: &[&str] = &[
 /// milliseconds of decoding on a worker stall every connection it serves.
 pub const INLINE_DECODE_BYTES: usize = 64 * 1024;
 
+/// Most inputs, and most requested outputs, one request may name (both
+/// protocols; checked before anything is allocated per entry).
+pub const MAX_TENSORS: usize = 1024;
+/// Most dimensions a tensor's shape may have.
+pub const MAX_RANK: usize = 64;
+/// Most parameters one object (request, input or output) may carry.
+pub const MAX_PARAMETERS: usize = 256;
+
 /// HTTP header carrying a routing key (gRPC: the same name as metadata).
 pub const ROUTING_KEY_HEADER: &str = "x-kiln-routing-key";
 

@@ -210,3 +210,96 @@ fn the_byte_budget_refuses_while_spent_and_admits_again_once_freed() {
     assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(infer(s.http, SMALL).status, 200);
 }
+
+/// Resets the server's peak RSS (VmHWM), so each case below is measured alone.
+fn reset_peak(pid: u32) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("clear_refs");
+}
+
+/// gRPC messages whose prost form was many times their size. Before: 60 MiB of
+/// empty `inputs` entries (2 bytes each on the wire, ~300 in a struct) would
+/// have taken ~9 GiB, and 60 MiB of one-byte BYTES elements (3 bytes each,
+/// ~56 as a `Vec<u8>`) ~1.1 GiB.
+#[test]
+fn large_grpc_messages_cost_about_their_size() {
+    let s = common::start("tests/models", &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let pid = s.pid();
+    let mib = 60usize << 20;
+    let body_mib = mib as f64 / (1 << 20) as f64;
+    // The server's peak RSS growth while `call` runs, and what it returned.
+    let peak_during = |call: &dyn Fn() -> tonic::Code| {
+        reset_peak(pid);
+        let base = status_kib(pid, "VmHWM:");
+        let code = call();
+        let grew = status_kib(pid, "VmHWM:").saturating_sub(base) as f64 / 1024.0;
+        (code, grew)
+    };
+    // A typed request refused by the model after decoding (INPUT0 is FP32).
+    let refused = |datatype: &str, n: usize, contents| {
+        let req = kiln_grpc::pb::ModelInferRequest {
+            model_name: "mlp_tiny".into(),
+            inputs: vec![kiln_grpc::pb::model_infer_request::InferInputTensor {
+                name: "INPUT0".into(),
+                datatype: datatype.into(),
+                shape: vec![n as i64],
+                contents: Some(contents),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        peak_during(&|| {
+            rt.block_on(async {
+                let mut c = common::grpc_client(s.grpc).await;
+                c.model_infer(req.clone()).await.unwrap_err().code()
+            })
+        })
+    };
+
+    // Empty inputs entries: refused by the codec's count before prost sees them.
+    let spam: Vec<u8> = [0x2a, 0x00].repeat(mib / 2);
+    let (code, spam_grew) = peak_during(&|| {
+        let (code, message) = rt.block_on(common::raw_grpc_call(s.grpc, "ModelInfer", &spam, &[]));
+        assert!(message.contains("inputs has more than 1024"), "{message}");
+        code
+    });
+    assert_eq!(code, tonic::Code::InvalidArgument);
+
+    // One-byte BYTES elements: held flat, 5 bytes each, and that is the tensor.
+    let elements = mib / 3;
+    let contents = kiln_grpc::pb::InferTensorContents {
+        bytes_contents: std::iter::repeat_n(b"x", elements).collect(),
+        ..Default::default()
+    };
+    let (code, bytes_grew) = refused("BYTES", elements, contents);
+    assert_eq!(code, tonic::Code::InvalidArgument);
+    let bytes_tensor_mib = (elements * 5) as f64 / (1 << 20) as f64;
+
+    // INT64 zeros, one byte each on the wire: prost's array (8 bytes each,
+    // sized exactly) and the tensor it becomes.
+    let elements = mib;
+    let contents = kiln_grpc::pb::InferTensorContents {
+        int64_contents: vec![0; elements],
+        ..Default::default()
+    };
+    let (code, int_grew) = refused("INT64", elements, contents);
+    assert_eq!(code, tonic::Code::InvalidArgument);
+    let int_tensor_mib = (elements * 8) as f64 / (1 << 20) as f64;
+    eprintln!(
+        "peak RSS growth for {body_mib:.0} MiB gRPC messages: {spam_grew:.0} MiB of empty inputs (refused), \
+         {bytes_grew:.0} MiB of 1-byte BYTES elements ({bytes_tensor_mib:.0} MiB tensor), \
+         {int_grew:.0} MiB of INT64 zeros ({int_tensor_mib:.0} MiB tensor)"
+    );
+    // The message once (tonic's buffer), slack for h2's buffers and the
+    // allocator; then the tensor, built flat (BYTES: with up to its size again
+    // while it grows) or copied from prost's exactly sized array.
+    assert!(spam_grew < body_mib * 1.5 + 16.0, "{spam_grew}");
+    assert!(
+        bytes_grew < body_mib * 1.5 + 2.0 * bytes_tensor_mib + 16.0,
+        "{bytes_grew}"
+    );
+    assert!(
+        int_grew < body_mib * 1.5 + 2.0 * int_tensor_mib + 16.0,
+        "{int_grew}"
+    );
+}

@@ -14,6 +14,7 @@ use kiln_core::error::quote;
 use kiln_core::tensor::{dims_from_wire, element_count};
 use kiln_core::{DataType, InferInput, InferRequest, KilnError, Tensor};
 use kiln_protocol::params::{self, Param};
+use kiln_protocol::{MAX_PARAMETERS, MAX_RANK, MAX_TENSORS};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::Value as Json;
@@ -21,13 +22,6 @@ use std::fmt;
 use std::marker::PhantomData;
 
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
-
-/// Most inputs, and most outputs, one request may name.
-const MAX_TENSORS: usize = 1024;
-/// Most dimensions a shape may have.
-const MAX_RANK: usize = 64;
-/// Most parameters one object (request, input or output) may carry.
-const MAX_PARAMETERS: usize = 256;
 
 #[derive(serde::Deserialize)]
 struct RequestJson<'a> {
