@@ -2,6 +2,7 @@
 //! Triton's `grpc_service.proto`. It only decodes, validates and encodes; the core
 //! does the work.
 
+mod charged_body;
 mod codec;
 pub mod contents;
 pub mod convert;
@@ -27,6 +28,7 @@ use pb::*;
 use std::pin::Pin;
 use tonic::{Request, Response, Status};
 
+pub use charged_body::ChargeMessages;
 pub use pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 pub use size_status::SizeStatus;
 
@@ -55,16 +57,20 @@ impl InferenceService {
     }
 
     /// A tonic service with message size limits applied (a message over them
-    /// is answered RESOURCE_EXHAUSTED).
+    /// is answered RESOURCE_EXHAUSTED) and incoming messages charged to the
+    /// core's byte budget as they arrive.
     pub fn into_server(
         self,
         max_message_bytes: usize,
-    ) -> SizeStatus<GrpcInferenceServiceServer<Self>> {
-        SizeStatus(
-            GrpcInferenceServiceServer::new(self)
+    ) -> SizeStatus<ChargeMessages<GrpcInferenceServiceServer<Self>>> {
+        let budget = self.core.budget().clone();
+        SizeStatus(ChargeMessages {
+            inner: GrpcInferenceServiceServer::new(self)
                 .max_decoding_message_size(max_message_bytes)
                 .max_encoding_message_size(max_message_bytes),
-        )
+            budget,
+            max_message_bytes,
+        })
     }
 
     async fn infer(

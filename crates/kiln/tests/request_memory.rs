@@ -209,6 +209,50 @@ fn the_byte_budget_refuses_while_spent_and_admits_again_once_freed() {
     let r = infer(s.http, &medium);
     assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(infer(s.http, SMALL).status, 200);
+
+    // A gRPC call whose message prefix declares 800,000 bytes, and which sends
+    // ten of them, holds the same: tonic would buffer the whole message.
+    let (send, stream) = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.grpc))
+            .await
+            .unwrap();
+        let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        let head = http::Request::post(format!(
+            "http://127.0.0.1:{}/inference.GRPCInferenceService/ModelInfer",
+            s.grpc
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+        let (_response, mut stream) = h2.send_request(head, false).unwrap();
+        let mut start = vec![0u8];
+        start.extend_from_slice(&800_000u32.to_be_bytes());
+        start.extend_from_slice(&[0; 10]);
+        stream.send_data(bytes::Bytes::from(start), false).unwrap();
+        (h2, stream)
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while held(s.http) < 800_000.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the gRPC holder was never charged"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = infer(s.http, &medium);
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    drop((send, stream));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while held(s.http) > 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the gRPC holder's bytes were never given back"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(infer(s.http, &medium).status, 400);
 }
 
 /// Resets the server's peak RSS (VmHWM), so each case below is measured alone.
