@@ -79,8 +79,9 @@ impl InferenceService {
         deadline: Option<std::time::Duration>,
         routing_key: Option<&str>,
     ) -> Result<ModelInferResponse, KilnError> {
-        // tonic has already decoded the message (its size bounded by the
-        // message limit); from here it counts against the byte budget.
+        // tonic has already decoded the message (its wire bytes were charged
+        // as they arrived, see charged_body); from here the decoded message
+        // counts against the byte budget.
         let held = convert::held_bytes(&req);
         let charge = core.budget().charge(held)?;
         let (mut req, _charge) = if held <= kiln_protocol::INLINE_DECODE_BYTES {

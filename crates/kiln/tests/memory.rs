@@ -52,14 +52,23 @@ async fn rss_stays_flat_without_scrapes() {
     // Warm up: buffers, connections and allocator pools reach their plateau.
     send(s.grpc, 50_000).await;
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let before = rss_kib(s.pid());
-    send(s.grpc, 100_000).await;
-    // One upkeep period, so that what it folds is folded.
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    let after = rss_kib(s.pid());
-    let grown = after.saturating_sub(before);
-    eprintln!("RSS {before} KiB -> {after} KiB over 100,000 requests");
-    // Kept samples would be about 6.5 MiB here; allocator noise was seen up to
-    // 2.7 MiB on a clean CI run.
-    assert!(grown < 4096, "RSS grew {grown} KiB over 100,000 requests");
+    // A leak grows RSS in every round; allocator noise (seen up to 2.7 MiB on
+    // a clean CI run) comes once. So a round over the bound is given a second
+    // chance, and only two in a row fail.
+    let mut grown_each = Vec::new();
+    for _ in 0..2 {
+        let before = rss_kib(s.pid());
+        send(s.grpc, 100_000).await;
+        // One upkeep period, so that what it folds is folded.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let after = rss_kib(s.pid());
+        let grown = after.saturating_sub(before);
+        eprintln!("RSS {before} KiB -> {after} KiB over 100,000 requests");
+        grown_each.push(grown);
+        // Kept samples would be about 6.5 MiB here.
+        if grown < 4096 {
+            return;
+        }
+    }
+    panic!("RSS grew {grown_each:?} KiB in two rounds of 100,000 requests");
 }
