@@ -324,7 +324,8 @@ fn count_byte_elements(data: &[u8]) -> Result<usize, TensorError> {
     Ok(n)
 }
 
-fn split_byte_elements(data: &[u8]) -> Result<Vec<&[u8]>, TensorError> {
+/// The elements of BYTES tensor data: each a little-endian u32 length and its bytes.
+pub fn split_byte_elements(data: &[u8]) -> Result<Vec<&[u8]>, TensorError> {
     let mut out = Vec::new();
     let mut rest = data;
     while !rest.is_empty() {

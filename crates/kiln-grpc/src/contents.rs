@@ -53,16 +53,12 @@ impl ByteElements {
         self.count == 0
     }
 
-    /// The elements, in order.
+    /// The elements, in order (the data is always whole: only `push` and
+    /// `merge` write it).
     pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
-        let mut rest = &self.data[..];
-        std::iter::from_fn(move || {
-            let (len, tail) = rest.split_first_chunk::<4>()?;
-            let len = u32::from_le_bytes(*len) as usize;
-            let (element, tail) = tail.split_at_checked(len)?;
-            rest = tail;
-            Some(element)
-        })
+        kiln_core::tensor::split_byte_elements(&self.data)
+            .unwrap_or_default()
+            .into_iter()
     }
 
     /// Bytes held (the tensor's size once it becomes one).
