@@ -198,10 +198,11 @@ fn input_tensor(
             &mut uint_contents.iter().map(|&u| Value::Uint(u as u64)),
         )?,
         DataType::Uint64 => push_all(&mut w, &mut uint64_contents.iter().map(|&u| Value::Uint(u)))?,
-        DataType::Fp32 => push_all(
-            &mut w,
-            &mut fp32_contents.iter().map(|&f| Value::Float(f as f64)),
-        )?,
+        // Copied as bits: widening to f64 and back would quiet a signalling NaN.
+        DataType::Fp32 => {
+            let bytes = fp32_contents.iter().flat_map(|f| f.to_le_bytes()).collect();
+            return Tensor::from_bytes(dtype, shape, bytes).map_err(|e| err(e.to_string()));
+        }
         DataType::Fp64 => push_all(&mut w, &mut fp64_contents.iter().map(|&f| Value::Float(f)))?,
         // (BYTES has become its tensor above.)
         DataType::Bytes | DataType::Fp16 | DataType::Bf16 => {

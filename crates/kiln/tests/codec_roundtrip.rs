@@ -130,6 +130,11 @@ fn typed_contents(t: &Tensor) -> Option<InferTensorContents> {
         return None;
     }
     let mut c = InferTensorContents::default();
+    if t.dtype() == DataType::Fp32 {
+        // As bits: widening to f64 and back would quiet a signalling NaN.
+        c.fp32_contents = t.to_vec::<f32>().unwrap();
+        return Some(c);
+    }
     let mut ok = true;
     for_each(t, |v| {
         match (t.dtype(), v) {
@@ -138,7 +143,6 @@ fn typed_contents(t: &Tensor) -> Option<InferTensorContents> {
             (_, Value::Int(i)) => c.int_contents.push(i as i32),
             (DataType::Uint64, Value::Uint(u)) => c.uint64_contents.push(u),
             (_, Value::Uint(u)) => c.uint_contents.push(u as u32),
-            (DataType::Fp32, Value::Float(f)) => c.fp32_contents.push(f as f32),
             (DataType::Fp64, Value::Float(f)) => c.fp64_contents.push(f),
             (_, Value::Bytes(b)) => c.bytes_contents.push(b),
             _ => ok = false,
