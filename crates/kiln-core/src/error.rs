@@ -18,6 +18,14 @@ pub enum ErrorKind {
     ClientTimeout,
     /// The server or backend failed (HTTP 500, INTERNAL).
     Internal,
+    /// No credentials, or none the server accepts (HTTP 401, UNAUTHENTICATED).
+    Unauthenticated,
+    /// The caller's key may not do this, or not to this model (HTTP 403,
+    /// PERMISSION_DENIED).
+    PermissionDenied,
+    /// The caller is over its request rate; it may try again after so many
+    /// seconds (HTTP 429 with Retry-After, RESOURCE_EXHAUSTED).
+    RateLimited { retry_after_secs: u32 },
 }
 
 /// An error as it leaves the core: a kind and a message that names the model,

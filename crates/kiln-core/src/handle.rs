@@ -4,6 +4,7 @@
 //! reads, model loads, thread joins) on the runtime's blocking threads, so a
 //! front end never has to.
 
+use crate::audit::{self, Actor, Change};
 use crate::backend::Backends;
 use crate::budget::ByteBudget;
 use crate::error::KilnError;
@@ -183,13 +184,33 @@ impl Core {
         api::view(&self.inner.registry, name)
     }
 
-    /// Changes a model's traffic policy at run time (see [`api::set`]).
+    /// Changes a model's traffic policy at run time (see [`api::set`]), on
+    /// the audit trail.
     pub fn set_traffic(
         &self,
+        actor: &Actor,
         name: &str,
         update: &TrafficUpdate,
     ) -> Result<TrafficView, KilnError> {
-        api::set(&self.inner.registry, name, update)
+        let policy = |v: &TrafficView| audit::policy(&v.state.policy);
+        let before = self.traffic(name).map(|v| policy(&v)).unwrap_or_default();
+        let result = api::set(&self.inner.registry, name, update);
+        let after = match &result {
+            Ok(v) => policy(v),
+            Err(_) => before.clone(),
+        };
+        let change = Change {
+            action: "traffic",
+            model: Some(name),
+            before,
+            after,
+        };
+        audit::record(
+            actor,
+            change,
+            result.as_ref().map(|_| ()).map_err(|e| e.message.as_str()),
+        );
+        result
     }
 
     /// One look of the rollback watcher (call it a few times a second).
@@ -208,24 +229,59 @@ impl Core {
         Ok(())
     }
 
-    /// The repository API's load (explicit mode); `config` replaces `config.toml`.
+    /// The repository API's load (explicit mode); `config` replaces
+    /// `config.toml`. On the audit trail.
     pub async fn load(
         &self,
+        actor: &Actor,
         name: &str,
         config: Option<crate::config::ModelConfig>,
     ) -> Result<LoadReport, KilnError> {
-        let name = name.to_string();
-        self.off_runtime("model load", move |c| c.inner.loader.load(&name, config))
-            .await?
-            .map_err(KilnError::from)
+        let before = self.versions(name);
+        let owned = name.to_string();
+        let result = self
+            .off_runtime("model load", move |c| c.inner.loader.load(&owned, config))
+            .await
+            .and_then(|r| r.map_err(KilnError::from));
+        self.audit_load(actor, "load", name, &before, &result);
+        result
     }
 
-    /// The repository API's unload (explicit mode).
-    pub async fn unload(&self, name: &str) -> Result<LoadReport, KilnError> {
-        let name = name.to_string();
-        self.off_runtime("model unload", move |c| c.inner.loader.unload(&name))
-            .await?
-            .map_err(KilnError::from)
+    /// The repository API's unload (explicit mode). On the audit trail.
+    pub async fn unload(&self, actor: &Actor, name: &str) -> Result<LoadReport, KilnError> {
+        let before = self.versions(name);
+        let owned = name.to_string();
+        let result = self
+            .off_runtime("model unload", move |c| c.inner.loader.unload(&owned))
+            .await
+            .and_then(|r| r.map_err(KilnError::from));
+        self.audit_load(actor, "unload", name, &before, &result);
+        result
+    }
+
+    fn audit_load(
+        &self,
+        actor: &Actor,
+        action: &'static str,
+        name: &str,
+        before: &[Version],
+        result: &Result<LoadReport, KilnError>,
+    ) {
+        let after = match result {
+            Ok(report) => &report.serving[..],
+            Err(_) => before,
+        };
+        let change = Change {
+            action,
+            model: Some(name),
+            before: audit::versions(before),
+            after: audit::versions(after),
+        };
+        audit::record(
+            actor,
+            change,
+            result.as_ref().map(|_| ()).map_err(|e| e.message.as_str()),
+        );
     }
 
     /// The repository index: one line per model version known, sorted by name.

@@ -6,6 +6,7 @@
 //! Modules never import a module that imports them back (a test checks it), and
 //! refer to each other by full path, never through the re-exports below.
 
+pub mod audit;
 pub mod backend;
 pub mod budget;
 pub mod config;

@@ -85,6 +85,10 @@ impl Outcome {
 
 /// Registers help texts with the installed recorder.
 pub fn describe() {
+    describe_counter!(
+        crate::audit::AUDIT_EVENTS,
+        "Control-plane changes on the audit trail (load, unload, traffic, rollback, keys_reload, tls_reload), by outcome (ok, failed)."
+    );
     describe_counter!(REQUESTS_TOTAL, "Inference requests by model, version and outcome (success, invalid, rejected, timeout, cancelled, error).");
     describe_histogram!(
         REQUEST_DURATION,

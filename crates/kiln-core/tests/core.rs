@@ -4,6 +4,7 @@
 
 mod support;
 
+use kiln_core::audit::Actor;
 use kiln_core::traffic::policy::TrafficUpdate;
 use kiln_core::{Core, ErrorKind, Version};
 use std::sync::atomic::Ordering;
@@ -139,7 +140,7 @@ async fn the_canary_takes_its_share_and_routing_keys_stick() {
         canary_percent: Some(100.0),
         ..Default::default()
     };
-    let view = core.set_traffic("m", &update).unwrap();
+    let view = core.set_traffic(&Actor::kiln(), "m", &update).unwrap();
     assert_eq!(
         (view.stable, view.canary),
         (Some(Version(1)), Some(Version(2)))
@@ -152,7 +153,9 @@ async fn the_canary_takes_its_share_and_routing_keys_stick() {
         ..Default::default()
     };
     assert_eq!(
-        core.set_traffic("m", &bad).unwrap_err().kind,
+        core.set_traffic(&Actor::kiln(), "m", &bad)
+            .unwrap_err()
+            .kind,
         ErrorKind::InvalidArgument
     );
 }
@@ -172,7 +175,7 @@ async fn a_hot_swap_drops_no_request_in_flight() {
             ..Default::default()
         },
     );
-    let report = core.load("m", None).await.unwrap();
+    let report = core.load(&Actor::kiln(), "m", None).await.unwrap();
     assert_eq!(
         (report.serving, report.loaded, report.retired),
         (vec![Version(2)], vec![Version(2)], vec![Version(1)])
@@ -195,7 +198,7 @@ async fn a_hot_swap_drops_no_request_in_flight() {
     }
     assert_eq!(rt.alive.load(Ordering::SeqCst), 1, "version 1 still loaded");
     // An unchanged repository reloads nothing.
-    let again = core.load("m", None).await.unwrap();
+    let again = core.load(&Actor::kiln(), "m", None).await.unwrap();
     assert!(again.loaded.is_empty() && again.retired.is_empty());
 }
 
@@ -273,23 +276,29 @@ async fn load_errors_tell_the_config_from_the_runtime() {
     let (repo, _rt, core) = setup(&[1], "max_batch = 3\n");
     core.load_repository().await.unwrap();
     // A bad config.toml: the operator's mistake, and nothing serves.
-    let e = core.load("m", None).await.unwrap_err();
+    let e = core.load(&Actor::kiln(), "m", None).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::InvalidArgument, "{e}");
     assert!(e.message.contains("max_batch"), "{e}");
     assert!(!core.is_ready());
     assert_eq!(
-        core.load("absent", None).await.unwrap_err().kind,
+        core.load(&Actor::kiln(), "absent", None)
+            .await
+            .unwrap_err()
+            .kind,
         ErrorKind::NotFound
     );
     assert_eq!(
-        core.unload("absent").await.unwrap_err().kind,
+        core.unload(&Actor::kiln(), "absent")
+            .await
+            .unwrap_err()
+            .kind,
         ErrorKind::NotFound
     );
     // Fixed, it serves; a broken new version leaves it serving.
     repo.config("m", "");
-    core.load("m", None).await.unwrap();
+    core.load(&Actor::kiln(), "m", None).await.unwrap();
     repo.put_broken("m", 2);
-    let e = core.load("m", None).await.unwrap_err();
+    let e = core.load(&Actor::kiln(), "m", None).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::InvalidArgument);
     assert!(e.message.contains("version 2"), "{e}");
     assert_eq!(infer(&core, request("m", None, 0.0)).await.unwrap().0, 1);
@@ -299,7 +308,7 @@ async fn load_errors_tell_the_config_from_the_runtime() {
         ..Default::default()
     };
     let other = support::core(&repo, &runtime);
-    let e = other.load("m", None).await.unwrap_err();
+    let e = other.load(&Actor::kiln(), "m", None).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Internal, "{e}");
     assert!(e.message.contains("no library"), "{e}");
 }

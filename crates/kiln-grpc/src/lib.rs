@@ -2,6 +2,7 @@
 //! Triton's `grpc_service.proto`. It only decodes, validates and encodes; the core
 //! does the work.
 
+mod authenticate;
 mod charged_body;
 mod codec;
 pub mod contents;
@@ -19,13 +20,16 @@ pub mod pb {
     pub use crate::contents::InferTensorContents;
 }
 
+use authenticate::{caller, Authenticate};
 use futures_util::{Stream, StreamExt};
+use kiln_access::{Access, Caller, Scope, Target};
 use kiln_core::budget::Charge;
 use kiln_core::{Core, ErrorKind, InferRequest, KilnError};
 use kiln_protocol::{params::Param, version_arg};
 use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use pb::*;
 use std::pin::Pin;
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 pub use charged_body::ChargeMessages;
@@ -42,6 +46,15 @@ pub fn status(e: KilnError) -> Status {
         ErrorKind::ResourceExhausted => Status::resource_exhausted(e.message),
         ErrorKind::ClientTimeout => Status::deadline_exceeded(e.message),
         ErrorKind::Internal => Status::internal(e.message),
+        ErrorKind::Unauthenticated => Status::unauthenticated(e.message),
+        ErrorKind::PermissionDenied => Status::permission_denied(e.message),
+        ErrorKind::RateLimited { retry_after_secs } => {
+            let mut s = Status::resource_exhausted(e.message);
+            // Like HTTP's header, so that a client's retry logic finds it.
+            s.metadata_mut()
+                .insert("retry-after", retry_after_secs.into());
+            s
+        }
     }
 }
 
@@ -49,28 +62,41 @@ pub fn status(e: KilnError) -> Status {
 #[derive(Clone)]
 pub struct InferenceService {
     core: Core,
+    access: Arc<Access>,
 }
 
+/// The tonic service [`InferenceService::into_server`] builds.
+pub type Server =
+    Authenticate<SizeStatus<ChargeMessages<GrpcInferenceServiceServer<InferenceService>>>>;
+
 impl InferenceService {
-    pub fn new(core: Core) -> Self {
-        InferenceService { core }
+    pub fn new(core: Core, access: Arc<Access>) -> Self {
+        InferenceService { core, access }
     }
 
-    /// A tonic service with message size limits applied (a message over them
-    /// is answered RESOURCE_EXHAUSTED) and incoming messages charged to the
+    /// A tonic service whose callers are identified before their message is
+    /// read, with message size limits applied (a message over them is
+    /// answered RESOURCE_EXHAUSTED) and incoming messages charged to the
     /// core's byte budget as they arrive.
-    pub fn into_server(
-        self,
-        max_message_bytes: usize,
-    ) -> SizeStatus<ChargeMessages<GrpcInferenceServiceServer<Self>>> {
+    pub fn into_server(self, max_message_bytes: usize) -> Server {
         let budget = self.core.budget().clone();
-        SizeStatus(ChargeMessages {
-            inner: GrpcInferenceServiceServer::new(self)
-                .max_decoding_message_size(max_message_bytes)
-                .max_encoding_message_size(max_message_bytes),
-            budget,
-            max_message_bytes,
-        })
+        let access = self.access.clone();
+        Authenticate {
+            inner: SizeStatus(ChargeMessages {
+                inner: GrpcInferenceServiceServer::new(self)
+                    .max_decoding_message_size(max_message_bytes)
+                    .max_encoding_message_size(max_message_bytes),
+                budget,
+                max_message_bytes,
+            }),
+            access,
+        }
+    }
+
+    /// Whether the caller may use a method of `scope` on `target` (checked
+    /// before anything is queued).
+    fn permit(&self, caller: &Caller, scope: Scope, target: Target<'_>) -> Result<(), Status> {
+        self.access.permit(caller, scope, target).map_err(status)
     }
 
     async fn infer(
@@ -162,8 +188,9 @@ const STREAM_CONCURRENCY: usize = 64;
 impl GrpcInferenceService for InferenceService {
     async fn server_live(
         &self,
-        _: Request<ServerLiveRequest>,
+        r: Request<ServerLiveRequest>,
     ) -> Result<Response<ServerLiveResponse>, Status> {
+        self.permit(&caller(r.extensions()), Scope::Health, Target::Server)?;
         Ok(Response::new(ServerLiveResponse {
             live: self.core.is_live(),
         }))
@@ -171,8 +198,9 @@ impl GrpcInferenceService for InferenceService {
 
     async fn server_ready(
         &self,
-        _: Request<ServerReadyRequest>,
+        r: Request<ServerReadyRequest>,
     ) -> Result<Response<ServerReadyResponse>, Status> {
+        self.permit(&caller(r.extensions()), Scope::Health, Target::Server)?;
         Ok(Response::new(ServerReadyResponse {
             ready: self.core.is_ready(),
         }))
@@ -182,7 +210,9 @@ impl GrpcInferenceService for InferenceService {
         &self,
         r: Request<ModelReadyRequest>,
     ) -> Result<Response<ModelReadyResponse>, Status> {
+        let who = caller(r.extensions());
         let r = r.into_inner();
+        self.permit(&who, Scope::Infer, Target::Model(&r.name))?;
         let ready = match self.core.model(&r.name, version_arg(&r.version)) {
             Ok(_) => true,
             // Like Triton: a model that is not loaded (or not known) is not ready.
@@ -194,8 +224,9 @@ impl GrpcInferenceService for InferenceService {
 
     async fn server_metadata(
         &self,
-        _: Request<ServerMetadataRequest>,
+        r: Request<ServerMetadataRequest>,
     ) -> Result<Response<ServerMetadataResponse>, Status> {
+        self.permit(&caller(r.extensions()), Scope::Infer, Target::Server)?;
         let m = kiln_protocol::server_metadata();
         Ok(Response::new(ServerMetadataResponse {
             name: m.name.to_string(),
@@ -208,7 +239,9 @@ impl GrpcInferenceService for InferenceService {
         &self,
         r: Request<ModelMetadataRequest>,
     ) -> Result<Response<ModelMetadataResponse>, Status> {
+        let who = caller(r.extensions());
         let r = r.into_inner();
+        self.permit(&who, Scope::Infer, Target::Model(&r.name))?;
         let mv = self
             .core
             .model(&r.name, version_arg(&r.version))
@@ -223,7 +256,10 @@ impl GrpcInferenceService for InferenceService {
     ) -> Result<Response<ModelInferResponse>, Status> {
         let deadline = deadline(r.metadata());
         let key = routing_key(r.metadata());
-        Self::infer(&self.core, r.into_inner(), deadline, key.as_deref())
+        let who = caller(r.extensions());
+        let r = r.into_inner();
+        self.permit(&who, Scope::Infer, Target::Model(&r.model_name))?;
+        Self::infer(&self.core, r, deadline, key.as_deref())
             .await
             .map(Response::new)
             .map_err(status)
@@ -235,24 +271,38 @@ impl GrpcInferenceService for InferenceService {
         &self,
         r: Request<tonic::Streaming<ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
-        let core = self.core.clone();
+        let service = self.clone();
         // A stream's deadline bounds every request in it.
         let ends = deadline(r.metadata()).map(|d| std::time::Instant::now() + d);
         let key = routing_key(r.metadata());
+        let who = caller(r.extensions());
         let out = r
             .into_inner()
             .map(move |item| {
-                let core = core.clone();
+                let service = service.clone();
                 let key = key.clone();
+                let who = who.clone();
                 async move {
                     let req = match item {
                         Ok(req) => req,
                         // The stream itself broke (e.g. a message over the size limit): end it with that status.
                         Err(s) => return Err(s),
                     };
+                    // Each request names its model, and counts against the rate.
+                    if let Err(e) =
+                        service
+                            .access
+                            .permit(&who, Scope::Infer, Target::Model(&req.model_name))
+                    {
+                        return Ok(ModelStreamInferResponse {
+                            error_message: e.message,
+                            infer_response: None,
+                        });
+                    }
+                    let core = &service.core;
                     // Errors of one request travel in the stream; the stream goes on.
                     let left = ends.map(|e| e.saturating_duration_since(std::time::Instant::now()));
-                    Ok(match Self::infer(&core, req, left, key.as_deref()).await {
+                    Ok(match Self::infer(core, req, left, key.as_deref()).await {
                         Ok(resp) => ModelStreamInferResponse {
                             error_message: String::new(),
                             infer_response: Some(resp),
@@ -272,7 +322,9 @@ impl GrpcInferenceService for InferenceService {
         &self,
         r: Request<ModelConfigRequest>,
     ) -> Result<Response<ModelConfigResponse>, Status> {
+        let who = caller(r.extensions());
         let r = r.into_inner();
+        self.permit(&who, Scope::Infer, Target::Model(&r.name))?;
         let mv = self
             .core
             .model(&r.name, version_arg(&r.version))
@@ -286,8 +338,14 @@ impl GrpcInferenceService for InferenceService {
         &self,
         r: Request<ModelStatisticsRequest>,
     ) -> Result<Response<ModelStatisticsResponse>, Status> {
+        let who = caller(r.extensions());
         let r = r.into_inner();
         let name = Some(r.name.as_str()).filter(|n| !n.is_empty());
+        self.permit(
+            &who,
+            Scope::Metrics,
+            name.map_or(Target::AllModels, Target::Model),
+        )?;
         let list = self
             .core
             .stats(name, version_arg(&r.version))
@@ -302,6 +360,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         r: Request<RepositoryIndexRequest>,
     ) -> Result<Response<RepositoryIndexResponse>, Status> {
+        self.permit(&caller(r.extensions()), Scope::Admin, Target::AllModels)?;
         let r = r.into_inner();
         let models = self
             .core
@@ -323,14 +382,16 @@ impl GrpcInferenceService for InferenceService {
         &self,
         r: Request<RepositoryModelLoadRequest>,
     ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
+        let who = caller(r.extensions());
         let r = r.into_inner();
+        self.permit(&who, Scope::Admin, Target::Model(&r.model_name))?;
         let config = kiln_protocol::params::load_config(
             r.parameters.keys().map(String::as_str),
             r.parameters.get("config").map(repository_param),
         )
         .map_err(status)?;
         self.core
-            .load(&r.model_name, config)
+            .load(&who.actor(), &r.model_name, config)
             .await
             .map_err(status)?;
         Ok(Response::new(RepositoryModelLoadResponse {}))
@@ -340,8 +401,13 @@ impl GrpcInferenceService for InferenceService {
         &self,
         r: Request<RepositoryModelUnloadRequest>,
     ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
+        let who = caller(r.extensions());
         let r = r.into_inner();
-        self.core.unload(&r.model_name).await.map_err(status)?;
+        self.permit(&who, Scope::Admin, Target::Model(&r.model_name))?;
+        self.core
+            .unload(&who.actor(), &r.model_name)
+            .await
+            .map_err(status)?;
         Ok(Response::new(RepositoryModelUnloadResponse {}))
     }
 }

@@ -2,6 +2,7 @@
 //! It only decodes, validates and encodes; the core does the work.
 
 mod body;
+mod caller;
 /// The inference body codec (public for the fuzz targets).
 #[doc(hidden)]
 pub mod codec;
@@ -14,6 +15,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use caller::Who;
+use kiln_access::{Access, Scope, Target};
 use kiln_core::budget::Charge;
 use kiln_core::{Core, ErrorKind, KilnError};
 use serde_json::json;
@@ -32,12 +35,22 @@ pub struct HttpOptions {
     pub body_read_timeout: std::time::Duration,
     /// Serves `GET /metrics` when set.
     pub metrics: Option<MetricsRender>,
+    /// Who may call what.
+    pub access: Arc<Access>,
 }
 
 #[derive(Clone)]
 struct AppState {
     core: Core,
     opts: HttpOptions,
+}
+
+impl AppState {
+    /// Whether the caller may use an endpoint of `scope` on `target`: checked
+    /// first, before a body is read or anything queued.
+    fn permit(&self, who: &Who, scope: Scope, target: Target<'_>) -> Result<(), ApiError> {
+        Ok(self.opts.access.permit(&who.0, scope, target)?)
+    }
 }
 
 /// An error in the protocol's form: a status and `{"error": "..."}`.
@@ -53,7 +66,19 @@ impl From<KilnError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = status(Answer::Failed(self.0.kind));
-        (status, Json(json!({ "error": self.0.message }))).into_response()
+        let mut resp = (status, Json(json!({ "error": self.0.message }))).into_response();
+        match self.0.kind {
+            ErrorKind::RateLimited { retry_after_secs } => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
+            ErrorKind::Unauthenticated => {
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        resp
     }
 }
 
@@ -80,6 +105,9 @@ fn status(answer: Answer) -> StatusCode {
             ErrorKind::ResourceExhausted => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
+            ErrorKind::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         },
     }
 }
@@ -176,33 +204,44 @@ async fn method_not_allowed() -> Response {
     (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
 }
 
-async fn live(State(s): State<AppState>) -> Response {
-    health("live", s.core.is_live(), None)
+async fn live(State(s): State<AppState>, who: Who) -> Result<Response, ApiError> {
+    s.permit(&who, Scope::Health, Target::Server)?;
+    Ok(health("live", s.core.is_live(), None))
 }
 
-async fn ready(State(s): State<AppState>) -> Response {
-    health("ready", s.core.is_ready(), None)
+async fn ready(State(s): State<AppState>, who: Who) -> Result<Response, ApiError> {
+    s.permit(&who, Scope::Health, Target::Server)?;
+    Ok(health("ready", s.core.is_ready(), None))
 }
 
-async fn server_metadata() -> Response {
-    Json(views::server_metadata(&kiln_protocol::server_metadata())).into_response()
+async fn server_metadata(State(s): State<AppState>, who: Who) -> Result<Response, ApiError> {
+    s.permit(&who, Scope::Infer, Target::Server)?;
+    Ok(Json(views::server_metadata(&kiln_protocol::server_metadata())).into_response())
 }
 
 async fn model_metadata(
     State(s): State<AppState>,
+    who: Who,
     Path(model): Path<String>,
 ) -> Result<Response, ApiError> {
-    metadata_for(&s, &model, None)
+    metadata_for(&s, &who, &model, None)
 }
 
 async fn model_metadata_v(
     State(s): State<AppState>,
+    who: Who,
     Path((model, version)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    metadata_for(&s, &model, Some(&version))
+    metadata_for(&s, &who, &model, Some(&version))
 }
 
-fn metadata_for(s: &AppState, model: &str, version: Option<&str>) -> Result<Response, ApiError> {
+fn metadata_for(
+    s: &AppState,
+    who: &Who,
+    model: &str,
+    version: Option<&str>,
+) -> Result<Response, ApiError> {
+    s.permit(who, Scope::Infer, Target::Model(model))?;
     let mv = s.core.model(model, version)?;
     let m = kiln_protocol::views::metadata(&mv, &s.core.versions(&mv.name));
     Ok(Json(views::metadata(&m)).into_response())
@@ -210,19 +249,27 @@ fn metadata_for(s: &AppState, model: &str, version: Option<&str>) -> Result<Resp
 
 async fn model_ready(
     State(s): State<AppState>,
+    who: Who,
     Path(model): Path<String>,
 ) -> Result<Response, ApiError> {
-    ready_for(&s, &model, None)
+    ready_for(&s, &who, &model, None)
 }
 
 async fn model_ready_v(
     State(s): State<AppState>,
+    who: Who,
     Path((model, version)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    ready_for(&s, &model, Some(&version))
+    ready_for(&s, &who, &model, Some(&version))
 }
 
-fn ready_for(s: &AppState, model: &str, version: Option<&str>) -> Result<Response, ApiError> {
+fn ready_for(
+    s: &AppState,
+    who: &Who,
+    model: &str,
+    version: Option<&str>,
+) -> Result<Response, ApiError> {
+    s.permit(who, Scope::Infer, Target::Model(model))?;
     match s.core.model(model, version) {
         Ok(_) => Ok(health("ready", true, Some(("name", model)))),
         Err(e) if e.kind == ErrorKind::Unavailable => {
@@ -234,55 +281,73 @@ fn ready_for(s: &AppState, model: &str, version: Option<&str>) -> Result<Respons
 
 async fn model_config(
     State(s): State<AppState>,
+    who: Who,
     Path(model): Path<String>,
 ) -> Result<Response, ApiError> {
-    config_for(&s, &model, None)
+    config_for(&s, &who, &model, None)
 }
 
 async fn model_config_v(
     State(s): State<AppState>,
+    who: Who,
     Path((model, version)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    config_for(&s, &model, Some(&version))
+    config_for(&s, &who, &model, Some(&version))
 }
 
-fn config_for(s: &AppState, model: &str, version: Option<&str>) -> Result<Response, ApiError> {
+fn config_for(
+    s: &AppState,
+    who: &Who,
+    model: &str,
+    version: Option<&str>,
+) -> Result<Response, ApiError> {
+    s.permit(who, Scope::Infer, Target::Model(model))?;
     let mv = s.core.model(model, version)?;
     Ok(Json(views::config(&kiln_protocol::views::model_config(&mv))).into_response())
 }
 
-async fn stats_all(State(s): State<AppState>) -> Result<Response, ApiError> {
-    stats_for(&s, None, None)
+async fn stats_all(State(s): State<AppState>, who: Who) -> Result<Response, ApiError> {
+    stats_for(&s, &who, None, None)
 }
 
 async fn stats_model(
     State(s): State<AppState>,
+    who: Who,
     Path(model): Path<String>,
 ) -> Result<Response, ApiError> {
-    stats_for(&s, Some(&model), None)
+    stats_for(&s, &who, Some(&model), None)
 }
 
 async fn stats_version(
     State(s): State<AppState>,
+    who: Who,
     Path((model, version)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    stats_for(&s, Some(&model), Some(&version))
+    stats_for(&s, &who, Some(&model), Some(&version))
 }
 
 fn stats_for(
     s: &AppState,
+    who: &Who,
     model: Option<&str>,
     version: Option<&str>,
 ) -> Result<Response, ApiError> {
+    s.permit(
+        who,
+        Scope::Metrics,
+        model.map_or(Target::AllModels, Target::Model),
+    )?;
     let list = kiln_protocol::views::statistics(&s.core.stats(model, version)?);
     Ok(Json(views::stats(&list)).into_response())
 }
 
 async fn repository_index(
     State(s): State<AppState>,
+    who: Who,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    s.permit(&who, Scope::Admin, Target::AllModels)?;
     // tritonclient posts an empty body; `{"ready": true}` filters to ready models.
     let v = json_body(&s, &headers, body, false).await?;
     let ready_only = v.get("ready").and_then(|r| r.as_bool()).unwrap_or(false);
@@ -325,10 +390,12 @@ async fn json_body(
 /// all optional. Answers once the model serves (or failed to load).
 async fn repository_load(
     State(s): State<AppState>,
+    who: Who,
     Path(model): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    s.permit(&who, Scope::Admin, Target::Model(&model))?;
     let v = json_body(&s, &headers, body, true).await?;
     let params = v.get("parameters").cloned().unwrap_or(json!({}));
     let Some(params) = params.as_object() else {
@@ -338,55 +405,66 @@ async fn repository_load(
         params.keys().map(String::as_str),
         params.get("config").map(codec::param),
     )?;
-    let report = s.core.load(&model, config).await?;
+    let report = s.core.load(&who.0.actor(), &model, config).await?;
     Ok(Json(views::load_report(&model, &report)).into_response())
 }
 
 async fn repository_unload(
     State(s): State<AppState>,
+    who: Who,
     Path(model): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    s.permit(&who, Scope::Admin, Target::Model(&model))?;
     // `unload_dependents` and other parameters change nothing: Kiln has no ensembles.
     json_body(&s, &headers, body, true).await?;
-    let report = s.core.unload(&model).await?;
+    let report = s.core.unload(&who.0.actor(), &model).await?;
     Ok(Json(views::load_report(&model, &report)).into_response())
 }
 
 async fn traffic_get(
     State(s): State<AppState>,
+    who: Who,
     Path(model): Path<String>,
 ) -> Result<Response, ApiError> {
+    s.permit(&who, Scope::Admin, Target::Model(&model))?;
     Ok(Json(views::traffic(&s.core.traffic(&model)?)).into_response())
 }
 
 async fn traffic_set(
     State(s): State<AppState>,
+    who: Who,
     Path(model): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    s.permit(&who, Scope::Admin, Target::Model(&model))?;
     let v = json_body(&s, &headers, body, true).await?;
     let update = traffic::update(&v)?;
-    Ok(Json(views::traffic(&s.core.set_traffic(&model, &update)?)).into_response())
+    let view = s.core.set_traffic(&who.0.actor(), &model, &update)?;
+    Ok(Json(views::traffic(&view)).into_response())
 }
 
 async fn infer(
     State(s): State<AppState>,
+    who: Who,
     Path(model): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    s.permit(&who, Scope::Infer, Target::Model(&model))?;
     infer_for(s, model, None, headers, body).await
 }
 
 async fn infer_v(
     State(s): State<AppState>,
+    who: Who,
     Path((model, version)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    s.permit(&who, Scope::Infer, Target::Model(&model))?;
     infer_for(s, model, Some(version), headers, body).await
 }
 
@@ -471,7 +549,8 @@ async fn infer_for(
     Ok(response)
 }
 
-async fn metrics(State(s): State<AppState>) -> Response {
+async fn metrics(State(s): State<AppState>, who: Who) -> Result<Response, ApiError> {
+    s.permit(&who, Scope::Metrics, Target::AllModels)?;
     let text = s.opts.metrics.as_ref().map(|f| f()).unwrap_or_default();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }

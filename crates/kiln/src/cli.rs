@@ -152,6 +152,50 @@ pub struct Args {
     #[arg(long, env = "KILN_GPU_METRICS_SECS", default_value_t = 5.0, value_parser = non_negative_secs)]
     pub gpu_metrics_secs: f64,
 
+    /// API keys (TOML, see the README's "Securing Kiln"): each a key id, the SHA-256
+    /// of its secret or a client certificate's subject, its scopes (infer, admin,
+    /// metrics), optionally its models and rate. Re-read when it changes; a file
+    /// that fails to parse keeps the keys in force. Without it the server is open.
+    #[arg(long, env = "KILN_API_KEYS")]
+    pub api_keys: Option<PathBuf>,
+
+    /// Health endpoints (live, ready) answer without a key, for probes.
+    #[arg(long, env = "KILN_OPEN_HEALTH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub open_health: bool,
+
+    /// Requests per second each key may make (keys with a `rate` of their own aside),
+    /// and each client address on an open server; over it: 429 / RESOURCE_EXHAUSTED
+    /// with Retry-After. Default: no limit.
+    #[arg(long, env = "KILN_RATE_LIMIT", value_parser = requests_per_second)]
+    pub rate_limit: Option<f64>,
+
+    /// Requests at once over --rate-limit (default: the rate, rounded up).
+    #[arg(long, env = "KILN_RATE_LIMIT_BURST", requires = "rate_limit")]
+    pub rate_limit_burst: Option<u32>,
+
+    /// TLS certificate chain (PEM) for the REST and gRPC ports; with --tls-key.
+    /// Re-read when it changes. The --metrics-port stays plaintext.
+    #[arg(long, env = "KILN_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1); with --tls-cert.
+    #[arg(long, env = "KILN_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Verify client certificates against these CAs (PEM): mutual TLS. A verified
+    /// certificate's subject names its key where a key's `subject` says so.
+    #[arg(long, env = "KILN_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// With --tls-client-ca: let clients without a certificate connect too (they
+    /// then need a bearer key where keys are required).
+    #[arg(long, env = "KILN_TLS_CLIENT_CERT_OPTIONAL", default_value_t = false, action = clap::ArgAction::Set, requires = "tls_client_ca")]
+    pub tls_client_cert_optional: bool,
+
+    /// Seconds a client has to complete its TLS handshake.
+    #[arg(long, env = "KILN_TLS_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10.0, value_parser = positive_secs)]
+    pub tls_handshake_timeout_secs: f64,
+
     /// Log detail: 0 info, 1 debug, 2 trace (KILN_LOG, a tracing filter, overrides it).
     #[arg(long, env = "KILN_LOG_VERBOSE", default_value_t = 0)]
     pub log_verbose: u8,
@@ -183,6 +227,13 @@ fn non_negative_secs(s: &str) -> Result<f64, String> {
     } else {
         Err(format!("{s} is not between 0 and 86400 seconds"))
     }
+}
+
+fn requests_per_second(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of requests per second"))?;
+    kiln_access::keys::rate(v, None).map(|r| r.per_second)
 }
 
 fn positive_secs(s: &str) -> Result<f64, String> {

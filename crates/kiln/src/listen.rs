@@ -36,6 +36,18 @@ pub struct Conn {
     _slot: OwnedSemaphorePermit,
 }
 
+impl Conn {
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        self.stream.peer_addr().ok()
+    }
+
+    /// The first byte the client sent, left unread (`None`: it closed first).
+    pub async fn peek_first(&self) -> io::Result<Option<u8>> {
+        let mut b = [0u8; 1];
+        Ok((self.stream.peek(&mut b).await? == 1).then_some(b[0]))
+    }
+}
+
 /// A connection's read-idle timeout. A read only notes the time; the timer is
 /// moved on when it fires early, so that a busy connection costs a clock read
 /// per read, not a timer-wheel update.
@@ -205,13 +217,5 @@ impl AsyncWrite for Conn {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
-
-impl tonic::transport::server::Connected for Conn {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
     }
 }

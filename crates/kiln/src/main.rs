@@ -1,16 +1,21 @@
 //! `kiln`: serves a model repository over KServe V2 REST and gRPC in one process.
 
+mod accept;
 mod cli;
+mod file_watch;
 mod gpu_metrics;
 mod limits;
 mod listen;
 mod serve_http;
+mod tls;
 
 use anyhow::Context;
 use clap::Parser;
+use kiln_access::{Access, AccessOptions};
 use kiln_backend_candle::CandleFactory;
 use kiln_backend_ort::OrtFactory;
 use kiln_backend_tract::TractFactory;
+use kiln_core::audit::{self, Actor, Change};
 use kiln_core::backend::BackendFactory;
 use kiln_core::{Backends, Core, CoreOptions};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
@@ -111,6 +116,7 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     kiln_core::metrics::describe();
+    kiln_access::describe_metrics();
     start_metrics_upkeep(prometheus.clone())?;
     if args.gpu_metrics_secs > 0.0 {
         gpu_metrics::start(
@@ -156,21 +162,37 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
         backends,
     );
 
+    let access = Arc::new(access(&args, &core)?);
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(tls::Tls::load(tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args.tls_client_ca.clone(),
+            client_cert_optional: args.tls_client_cert_optional,
+        })?)),
+        _ => None,
+    };
+    watch_secrets(&args, &access, tls.as_ref())?;
+    let handshake_timeout = Duration::from_secs_f64(args.tls_handshake_timeout_secs);
+    let secure =
+        |listener: TcpListener, limits, tls: Option<(Arc<tls::Tls>, tls::Listener)>, what| {
+            accept::secure(
+                listen::incoming(listener, limits, what),
+                tls,
+                handshake_timeout,
+                what,
+            )
+        };
+    let on = |l: tls::Listener| tls.clone().map(|t| (t, l));
+
     let stop_signal = stop_signal()?;
     tokio::pin!(stop_signal);
 
     // Bind first, so that liveness answers while models load.
     let (stop_tx, stop_rx) = watch::channel(false);
     // The REST and metrics listeners are served alike.
-    let serve_rest = |listener, app, what| {
-        serve_http::serve(
-            listener,
-            app,
-            http_limits,
-            header_timeout,
-            stop_rx.clone(),
-            what,
-        )
+    let serve_rest = |incoming, app, what| {
+        serve_http::serve(incoming, app, header_timeout, stop_rx.clone(), what)
     };
     let mut servers = tokio::task::JoinSet::new();
     let render = {
@@ -190,9 +212,11 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
                 max_body_bytes: args.http_max_body_bytes,
                 body_read_timeout: Duration::from_secs_f64(args.http_body_read_timeout_secs),
                 metrics: metrics_here.then(|| render.clone()),
+                access: access.clone(),
             },
         );
-        servers.spawn(serve_rest(listener, app, "HTTP"));
+        let incoming = secure(listener, http_limits, on(tls::Listener::Http), "HTTP");
+        servers.spawn(serve_rest(incoming, app, "HTTP"));
     }
     if let (true, Some(port)) = (args.allow_metrics, args.metrics_port) {
         let addr = SocketAddr::new(args.http_address, port);
@@ -205,7 +229,9 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
             "/metrics",
             axum::routing::get(move || async move { render() }),
         );
-        servers.spawn(serve_rest(listener, app, "metrics"));
+        // Plaintext, for Prometheus inside the cluster.
+        let incoming = secure(listener, http_limits, None, "metrics");
+        servers.spawn(serve_rest(incoming, app, "metrics"));
     }
     if args.allow_grpc {
         let addr = SocketAddr::new(args.grpc_address, args.grpc_port);
@@ -213,14 +239,15 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen for gRPC on {addr}"))?;
         tracing::info!("gRPC listening on {}", listener.local_addr()?);
-        let service =
-            kiln_grpc::InferenceService::new(core.clone()).into_server(args.grpc_max_message_bytes);
-        let incoming = listen::incoming(
+        let service = kiln_grpc::InferenceService::new(core.clone(), access.clone())
+            .into_server(args.grpc_max_message_bytes);
+        let incoming = secure(
             listener,
             listen::ConnLimits {
                 max_connections,
                 read_idle: Some(Duration::from_secs_f64(args.grpc_idle_timeout_secs)),
             },
+            on(tls::Listener::Grpc),
             "gRPC",
         );
         let keepalive =
@@ -271,6 +298,85 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
         _ = &mut stop_signal => shutdown(core, stop_tx, servers, args.exit_timeout_secs).await,
         Some(r) = servers.join_next() => r.context("server task panicked")?,
     }
+}
+
+/// The access control from the flags; a key file that cannot be read or
+/// parsed stops the start.
+fn access(args: &cli::Args, core: &Core) -> anyhow::Result<Access> {
+    let default_rate = args
+        .rate_limit
+        .map(|r| kiln_access::keys::rate(r, args.rate_limit_burst))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let opts = AccessOptions {
+        key_file: args.api_keys.clone(),
+        open_health: args.open_health,
+        default_rate,
+    };
+    let core = core.clone();
+    Access::new(opts, move |model| !core.versions(model).is_empty()).context("--api-keys")
+}
+
+/// Re-reads the key file and the TLS files when they change, on the audit
+/// trail; a failed reload keeps what was in force.
+fn watch_secrets(
+    args: &cli::Args,
+    access: &Arc<Access>,
+    tls: Option<&Arc<tls::Tls>>,
+) -> anyhow::Result<()> {
+    if let Some(path) = &args.api_keys {
+        let access = access.clone();
+        file_watch::on_change(std::slice::from_ref(path), "API keys", move || {
+            let result = match access.reload() {
+                Ok(kiln_access::Reloaded::Unchanged) => return,
+                Ok(kiln_access::Reloaded::Changed { before, after }) => {
+                    Ok((before.join(", "), after.join(", ")))
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            audited_reload("keys_reload", "API keys", String::new(), result);
+        })?;
+    }
+    if let Some(tls) = tls {
+        let watched = tls.clone();
+        file_watch::on_change(&tls.files().paths(), "TLS files", move || {
+            let before = watched.serving();
+            let result = match watched.reload() {
+                Ok(None) => return,
+                Ok(Some(now)) => Ok((before.clone(), now)),
+                Err(e) => Err(format!("{e:#}")),
+            };
+            audited_reload("tls_reload", "TLS", before, result);
+        })?;
+    }
+    Ok(())
+}
+
+/// Logs a reload of `what` and puts it on the audit trail: `Ok((before,
+/// after))`, or the error (what was in force, `unchanged`, stays).
+fn audited_reload(
+    action: &'static str,
+    what: &str,
+    unchanged: String,
+    result: Result<(String, String), String>,
+) {
+    let (before, after, outcome) = match &result {
+        Ok((before, after)) => {
+            tracing::info!("{what} reloaded: {after}");
+            (before.clone(), after.clone(), Ok(()))
+        }
+        Err(e) => {
+            tracing::error!("{what} not reloaded, the previous ones stay in force: {e}");
+            (unchanged.clone(), unchanged, Err(e.as_str()))
+        }
+    };
+    let change = Change {
+        action,
+        model: None,
+        before,
+        after,
+    };
+    audit::record(&Actor::kiln(), change, outcome);
 }
 
 /// How often the rollback watcher compares canaries with their stable versions.

@@ -2,22 +2,23 @@
 //! for the limits `axum::serve` does not offer: at most so many connections
 //! (`listen`), and a time limit on a request's headers, counted from when the
 //! connection opens or its previous answer was sent, so that it also closes a
-//! keep-alive connection left idle.
+//! keep-alive connection left idle. Each request carries its connection's
+//! [`kiln_access::Peer`] as an extension, for the access control.
 
-use crate::listen::{self, ConnLimits};
-use futures_util::StreamExt;
+use crate::accept::Accepted;
+use futures_util::{Stream, StreamExt};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use std::pin::Pin;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tower::ServiceExt;
 
 pub async fn serve(
-    listener: TcpListener,
+    incoming: Pin<Box<dyn Stream<Item = std::io::Result<Accepted>> + Send>>,
     app: axum::Router,
-    limits: ConnLimits,
     header_read_timeout: Duration,
     mut stop: watch::Receiver<bool>,
     what: &'static str,
@@ -30,13 +31,19 @@ pub async fn serve(
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     // Boxed, not pinned on the stack: dropping it must close the listener.
-    let mut incoming = Box::pin(listen::incoming(listener, limits, what));
+    let mut incoming = incoming;
     loop {
         let conn = tokio::select! {
             Some(Ok(conn)) = incoming.next() => conn,
             _ = stop.wait_for(|s| *s) => break,
         };
-        let service = TowerToHyperService::new(app.clone());
+        let peer = conn.peer().clone();
+        let service = TowerToHyperService::new(app.clone().map_request(
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(peer.clone());
+                req
+            },
+        ));
         let served = builder
             .serve_connection_with_upgrades(TokioIo::new(conn), service)
             .into_owned();

@@ -49,6 +49,16 @@ pub fn watch(registry: &Registry) {
         );
         if let Some(reason) = judge(policy, &s, &c) {
             tracing::warn!(model = %name, canary = canary.0, stable = stable.0, "canary rolled back: {reason}");
+            crate::audit::record(
+                &crate::audit::Actor::kiln(),
+                crate::audit::Change {
+                    action: "rollback",
+                    model: Some(name.as_str()),
+                    before: crate::audit::policy(&state.policy),
+                    after: format!("canary {canary} at 0% ({reason})"),
+                },
+                Ok(()),
+            );
             metrics::counter!(m::CANARY_ROLLBACKS, "model" => name.clone(), "version" => canary.to_string()).increment(1);
             let mut policy = state.policy.clone();
             policy.canary_percent = 0.0;
