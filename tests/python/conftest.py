@@ -1,18 +1,61 @@
 """Starts the real kiln binary for the Python client tests."""
+import hashlib
 import os
 import re
 import subprocess
+import tempfile
 import threading
 import time
 
+import gevent.ssl
 import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient._plugin import InferenceServerClientPlugin
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 KILN = os.environ.get("KILN_BIN", os.path.join(ROOT, "target", "release", "kiln"))
 
 
+class Bearer(InferenceServerClientPlugin):
+    """Sends an API key with every request of a tritonclient client (HTTP or gRPC)."""
+
+    def __init__(self, key):
+        self.key = key
+
+    def __call__(self, request):
+        request.headers["authorization"] = f"Bearer {self.key}"
+
+
+def make_tls(folder):
+    """A CA, a server certificate for localhost and 127.0.0.1, and a client
+    certificate (CN=pytest), made with openssl; returns the folder."""
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=Kiln test CA")
+    for name, subject, ext in (
+        ("server", "/CN=localhost", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
+        ("client", "/CN=pytest", "extendedKeyUsage=clientAuth\n"),
+    ):
+        with open(os.path.join(folder, f"{name}.ext"), "w") as f:
+            f.write(ext)
+        openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject)
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{name}.pem", "-days", "1", "-extfile", f"{name}.ext")
+    return folder
+
+
+def key_entry(key_id, secret, scopes, extra=""):
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    quoted = ", ".join(f'"{s}"' for s in scopes)
+    return f'[[key]]\nid = "{key_id}"\nsha256 = "{digest}"\nscopes = [{quoted}]\n{extra}\n'
+
+
 class Kiln:
-    def __init__(self, repo, extra=()):
+    def __init__(self, repo, extra=(), tls=None, key=None):
+        self.tls, self.key = tls, key
         self.proc = subprocess.Popen(
             [KILN, "--model-repository", repo, "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1",
              "--http-port", "0", "--grpc-port", "0", *extra],
@@ -42,6 +85,34 @@ class Kiln:
     def grpc_url(self):
         return f"127.0.0.1:{self.grpc}"
 
+    def http_client(self, key=None):
+        """A tritonclient HTTP client: over HTTPS with the server's key when it has
+        them (`key`: another one; "": none)."""
+        key = self.key if key is None else key
+        if self.tls:
+            ca = os.path.join(self.tls, "ca.pem")
+            c = httpclient.InferenceServerClient(
+                self.http_url, ssl=True, ssl_context_factory=lambda: gevent.ssl.create_default_context(cafile=ca))
+        else:
+            c = httpclient.InferenceServerClient(self.http_url)
+        if key:
+            c.register_plugin(Bearer(key))
+        return c
+
+    def grpc_client(self, key=None, cert=False):
+        """A tritonclient gRPC client: over TLS with the server's key when it has them;
+        `cert`: with the client certificate (mTLS)."""
+        key = self.key if key is None else key
+        if self.tls:
+            path = lambda name: os.path.join(self.tls, name)
+            extra = dict(private_key=path("client.key"), certificate_chain=path("client.pem")) if cert else {}
+            c = grpcclient.InferenceServerClient(self.grpc_url, ssl=True, root_certificates=path("ca.pem"), **extra)
+        else:
+            c = grpcclient.InferenceServerClient(self.grpc_url)
+        if key:
+            c.register_plugin(Bearer(key))
+        return c
+
     def backend_of(self, model):
         text = "".join(self.log)
         m = re.search(rf'loaded model={model} version=\d+ backend="(\w+)"', text)
@@ -55,12 +126,36 @@ class Kiln:
             self.proc.kill()
 
 
-@pytest.fixture(scope="module", params=["onnxruntime", "tract"])
+SECURE_KEY = "pytest-secret-key"
+
+
+def secure_kiln(repo, folder, extra=()):
+    """Kiln over TLS (client certificates verified when sent) with API keys: one
+    with every scope (SECURE_KEY), one for CN=pytest's certificate (infer, metrics)."""
+    make_tls(folder)
+    keys = os.path.join(folder, "keys.toml")
+    with open(keys, "w") as f:
+        f.write(key_entry("pytest", SECURE_KEY, ["infer", "admin", "metrics"]))
+        f.write('[[key]]\nid = "pytest-cert"\nsubject = "CN=pytest"\nscopes = ["infer", "metrics"]\n')
+    path = lambda name: os.path.join(folder, name)
+    flags = ["--tls-cert", path("server.pem"), "--tls-key", path("server.key"), "--tls-client-ca", path("ca.pem"),
+             "--tls-client-cert-optional", "true", "--api-keys", keys, *extra]
+    return Kiln(repo, flags, tls=folder, key=SECURE_KEY)
+
+
+@pytest.fixture(scope="module", params=["onnxruntime", "tract", "secure"])
 def kiln(request):
-    """The example models served once with ONNX Runtime and once with tract only."""
-    extra = [] if request.param == "onnxruntime" else ["--onnxruntime-lib", "/nonexistent/libonnxruntime.so"]
-    k = Kiln("models", extra)
-    k.backend = request.param
+    """The example models served with ONNX Runtime, with tract only, and with
+    ONNX Runtime over TLS with API keys (every client check passes through both)."""
+    if request.param == "secure":
+        folder = tempfile.mkdtemp(prefix="kiln-tls-")
+        k = secure_kiln("models", folder)
+        k.backend = "onnxruntime"
+    else:
+        extra = [] if request.param == "onnxruntime" else ["--onnxruntime-lib", "/nonexistent/libonnxruntime.so"]
+        k = Kiln("models", extra)
+        k.backend = request.param
+    k.variant = request.param
     yield k
     k.stop()
 

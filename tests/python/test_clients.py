@@ -58,10 +58,10 @@ def test_outputs_match_onnxruntime(kiln, model, mode):
     feeds = make_inputs(model, batch=3, seed=hash((model, mode)) % 1000)
     want = reference(model, feeds)
     if mode == "grpc":
-        c = grpcclient.InferenceServerClient(kiln.grpc_url)
+        c = kiln.grpc_client()
         mod = grpcclient
     else:
-        c = httpclient.InferenceServerClient(kiln.http_url)
+        c = kiln.http_client()
         mod = httpclient
     binary = mode != "http-json"
     inputs = []
@@ -84,8 +84,8 @@ def test_outputs_match_onnxruntime(kiln, model, mode):
 
 
 def test_server_and_model_metadata(kiln):
-    h = httpclient.InferenceServerClient(kiln.http_url)
-    g = grpcclient.InferenceServerClient(kiln.grpc_url)
+    h = kiln.http_client()
+    g = kiln.grpc_client()
     assert h.is_server_live() and h.is_server_ready() and g.is_server_live() and g.is_server_ready()
     assert h.is_model_ready("mlp_tiny") and g.is_model_ready("mlp_tiny", "1")
     md = h.get_model_metadata("cnn_small")
@@ -104,8 +104,8 @@ def test_server_and_model_metadata(kiln):
 
 
 def test_errors_reach_clients(kiln):
-    h = httpclient.InferenceServerClient(kiln.http_url)
-    g = grpcclient.InferenceServerClient(kiln.grpc_url)
+    h = kiln.http_client()
+    g = kiln.grpc_client()
     x = np.zeros((1, 15), np.float32)
     for c, mod in ((h, httpclient), (g, grpcclient)):
         i = mod.InferInput("INPUT0", [1, 15], "FP32")
@@ -121,8 +121,8 @@ def test_bytes_and_bf16_with_onnxruntime(kiln_tests):
     """BYTES over JSON, the binary extension and gRPC; BF16 (ONNX Runtime only) over binary and gRPC."""
     words = np.array([["héllo", ""], ["a b", "x" * 300]], dtype=object)
     bf = np.array([[1.5, -2.0], [0.0, 1024.0]], dtype=np.float32)
-    h = httpclient.InferenceServerClient(kiln_tests.http_url)
-    g = grpcclient.InferenceServerClient(kiln_tests.grpc_url)
+    h = kiln_tests.http_client()
+    g = kiln_tests.grpc_client()
     for c, mod, binary in ((h, httpclient, False), (h, httpclient, True), (g, grpcclient, True)):
         a = mod.InferInput("IN_BYTES", [2, 2], "BYTES")
         b = mod.InferInput("IN_BF16", [2, 2], "BF16")
@@ -163,8 +163,19 @@ def test_perf_analyzer_smoke(kiln, protocol):
         json.dump({"data": [{"INPUT0": [float(i) / 16 for i in range(16)]}]}, f)
         data = f.name
     url = kiln.http_url if protocol == "http" else kiln.grpc_url
+    secure = []
+    if kiln.tls:
+        ca, cert, key = (os.path.join(kiln.tls, n) for n in ("ca.pem", "client.pem", "client.key"))
+        if protocol == "grpc":
+            # perf_analyzer ignores -H on gRPC: it is let in by its client
+            # certificate, whose subject names a key.
+            secure = ["--ssl-grpc-use-ssl", "true", "--ssl-grpc-root-certifications-file", ca,
+                      "--ssl-grpc-private-key-file", key, "--ssl-grpc-certificate-chain-file", cert]
+        else:
+            url = "https://" + url
+            secure = ["--ssl-https-ca-certificates-file", ca, "-H", f"Authorization:Bearer {kiln.key}"]
     p = subprocess.run(
-        [pa, "-m", "mlp_tiny", "-u", url, "-i", protocol, "--concurrency-range", "2",
+        [pa, "-m", "mlp_tiny", "-u", url, "-i", protocol, "--concurrency-range", "2", *secure,
          "--measurement-interval", "1500", "--input-data", data, "--stability-percentage", "200", "--max-trials", "10"],
         env=perf_analyzer_env(), capture_output=True, text=True, timeout=240,
     )
@@ -177,8 +188,8 @@ def test_perf_analyzer_smoke(kiln, protocol):
 
 
 def test_statistics_through_both_clients(kiln):
-    h = httpclient.InferenceServerClient(kiln.http_url)
-    g = grpcclient.InferenceServerClient(kiln.grpc_url)
+    h = kiln.http_client()
+    g = kiln.grpc_client()
     x = np.ones((3, 16), np.float32)
     for client, mod in ((h, httpclient), (g, grpcclient)):
         inp = mod.InferInput("INPUT0", [3, 16], "FP32")
