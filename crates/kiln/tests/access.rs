@@ -69,19 +69,6 @@ fn mlp_body() -> String {
         .to_string()
 }
 
-/// Waits (up to 10 s) for a log line with every one of `parts`.
-fn wait_for_log(srv: &Server, parts: &[&str]) -> String {
-    let end = Instant::now() + Duration::from_secs(10);
-    while let Some(left) = end.checked_duration_since(Instant::now()) {
-        match srv.log.recv_timeout(left) {
-            Ok(line) if parts.iter().all(|p| line.contains(p)) => return line,
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
-    panic!("no log line with {parts:?}");
-}
-
 #[test]
 fn rest_routes_need_the_right_key_scope_and_model() {
     let dir = tempfile::tempdir().unwrap();
@@ -221,10 +208,7 @@ fn rest_routes_need_the_right_key_scope_and_model() {
     );
 
     // Every change is on the audit trail, with who, from where, before and after.
-    let line = wait_for_log(
-        &srv,
-        &["kiln::audit", "action=\"unload\"", "model=\"scale\""],
-    );
+    let line = &srv.wait_for_lines(&["action=\"unload\" actor=\"ops\""])[0];
     for part in [
         "actor=\"ops\"",
         "source=\"127.0.0.1\"",
@@ -234,7 +218,7 @@ fn rest_routes_need_the_right_key_scope_and_model() {
     ] {
         assert!(line.contains(part), "{part} not in {line}");
     }
-    let line = wait_for_log(&srv, &["kiln::audit", "action=\"load\"", "model=\"scale\""]);
+    let line = &srv.wait_for_lines(&["action=\"load\" actor=\"ops\""])[0];
     assert!(line.contains("before=\"[]\" after=\"[1]\""), "{line}");
     let metrics = call(p, "GET", "/metrics", Some("ops-secret"), "");
     let text = String::from_utf8_lossy(&metrics.body);
@@ -259,7 +243,7 @@ fn reloads_revoke_keys_and_a_bad_file_keeps_them() {
     let next = dir.path().join("keys.next");
     std::fs::write(&next, key("new", "new-secret", "\"infer\"", "")).unwrap();
     std::fs::rename(&next, &keys).unwrap();
-    let line = wait_for_log(&srv, &["kiln::audit", "action=\"keys_reload\""]);
+    let line = &srv.wait_for_lines(&["action=\"keys_reload\""])[0];
     assert!(
         line.contains("before=\"app, ops, slow\" after=\"new\""),
         "{line}"
@@ -267,16 +251,9 @@ fn reloads_revoke_keys_and_a_bad_file_keeps_them() {
     assert_eq!((status("app-secret"), status("new-secret")), (401, 200));
     // A file that no longer parses is refused: the keys in force stay.
     std::fs::write(&keys, "[[key]]\nid = \"new\"\nsha256 = 42\n").unwrap();
-    let line = wait_for_log(&srv, &["API keys not reloaded"]);
-    assert!(line.contains("ERROR"), "{line}");
-    wait_for_log(
-        &srv,
-        &[
-            "kiln::audit",
-            "action=\"keys_reload\"",
-            "outcome=\"failed\"",
-        ],
-    );
+    let lines = srv.wait_for_lines(&["API keys not reloaded", "outcome=\"failed\""]);
+    assert!(lines[0].contains("ERROR"), "{}", lines[0]);
+    assert!(lines[1].contains("action=\"keys_reload\""), "{}", lines[1]);
     assert_eq!((status("app-secret"), status("new-secret")), (401, 200));
 }
 

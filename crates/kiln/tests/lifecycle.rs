@@ -564,6 +564,11 @@ fn poll_mode_loads_complete_versions_only_and_keeps_watching() {
     wait_until("m removed", Duration::from_secs(10), || {
         get(srv.http, "/v2/models/m/ready").status == 404
     });
+    // Poll mode's changes are on the audit trail, Kiln their actor.
+    srv.wait_for_lines(&[
+        "action=\"load\" actor=\"kiln\" source=\"\" model=\"m\" before=\"[1]\" after=\"[2]\" outcome=\"ok\"",
+        "action=\"unload\" actor=\"kiln\" source=\"\" model=\"m\" before=\"[2, 3]\" after=\"[]\" outcome=\"ok\"",
+    ]);
 }
 
 /// Repository with versions 1 (X+1), 2 (X+2) and 3 (slow X+9), all serving.
@@ -838,6 +843,12 @@ fn rollback_fires_on_a_worse_canary_and_not_on_an_equal_one() {
     // A new decision through the API clears the rollback.
     let t = set_traffic(srv.http, "m", json!({"canary": 2, "canary_percent": 10}));
     assert_eq!(t["rolled_back"], Value::Null);
+    // The API's changes and Kiln's rollback are on the audit trail.
+    srv.wait_for_lines(&[
+        "action=\"traffic\" actor=\"anonymous\" source=\"127.0.0.1\" model=\"m\" before=\"stable=1 canary=2@30% rollback=on\" after=\"stable=1 canary=3@30% rollback=on\"",
+        "action=\"rollback\" actor=\"kiln\" source=\"\" model=\"m\" before=\"stable=1 canary=3@30% rollback=on\" after=\"canary 3 at 0% (",
+        "after=\"stable=1 canary=2@10% rollback=on\" outcome=\"ok\"",
+    ]);
 }
 
 #[test]

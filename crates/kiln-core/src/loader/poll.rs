@@ -2,6 +2,7 @@
 //! same for the settle time, and unloads models whose folder is gone. A failed
 //! load is retried only once the folder changes again.
 
+use crate::audit;
 use crate::loader::reconcile::{retire, Loader};
 use crate::registry::{lock, ModelSlot};
 use crate::repository::ModelPrint;
@@ -36,9 +37,11 @@ impl Loader {
             .map(|(n, s)| (n.clone(), s.clone()))
             .collect();
         for (name, slot) in gone {
+            let before = self.registry.serving(&name);
             retire(&name, &slot, "removed from the repository");
             self.registry.remove(&name);
             state.pending.remove(&name);
+            audit_poll("unload", &name, &before, Ok(&[]));
         }
         let now = Instant::now();
         for dir in &dirs {
@@ -56,9 +59,16 @@ impl Loader {
                     if now.duration_since(*since) >= settle {
                         state.pending.remove(&dir.name);
                         tracing::info!(model = %dir.name, "changed in the repository; loading");
-                        if let Err(e) = self.reconcile(&dir.name, None) {
+                        let before = self.registry.serving(&dir.name);
+                        let result = self.reconcile(&dir.name, None);
+                        if let Err(e) = &result {
                             tracing::error!(model = %dir.name, "{e}");
                         }
+                        let after = result
+                            .as_ref()
+                            .map(|r| &r.serving[..])
+                            .map_err(|e| e.to_string());
+                        audit_poll("load", &dir.name, &before, after);
                     }
                 }
                 _ => {
@@ -67,4 +77,25 @@ impl Loader {
             }
         }
     }
+}
+
+/// A change poll mode made, on the audit trail (Kiln is its actor: the
+/// repository changed).
+fn audit_poll(
+    action: &'static str,
+    name: &str,
+    before: &[crate::model::Version],
+    after: Result<&[crate::model::Version], String>,
+) {
+    let change = audit::Change {
+        action,
+        model: Some(name),
+        before: audit::versions(before),
+        after: audit::versions(after.as_deref().unwrap_or(before)),
+    };
+    audit::record(
+        &audit::Actor::kiln(),
+        change,
+        after.as_ref().map(|_| ()).map_err(String::as_str),
+    );
 }

@@ -33,6 +33,27 @@ impl Server {
         assert!(ok, "kill -{name} failed");
     }
 
+    /// Reads the log (up to 10 s) until each of `needles` is in some line read,
+    /// and returns those lines, one per needle; panics with what was read if not.
+    pub fn wait_for_lines(&self, needles: &[&str]) -> Vec<String> {
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        let mut read = Vec::new();
+        loop {
+            let found: Option<Vec<String>> = needles
+                .iter()
+                .map(|n| read.iter().find(|l: &&String| l.contains(n)).cloned())
+                .collect();
+            if let Some(lines) = found {
+                return lines;
+            }
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) => read.push(line),
+                Err(_) => panic!("not all of {needles:#?} in the log: {read:#?}"),
+            }
+        }
+    }
+
     /// The exit status, once the process has exited.
     pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().expect("wait for kiln")
