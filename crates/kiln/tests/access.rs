@@ -7,7 +7,6 @@ use common::{http, HttpResponse, Server};
 use kiln_grpc::pb::model_infer_request::InferInputTensor;
 use kiln_grpc::pb::*;
 use serde_json::json;
-use std::time::{Duration, Instant};
 use tonic::Code;
 
 fn sha256_hex(secret: &str) -> String {
