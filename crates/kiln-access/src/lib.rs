@@ -112,10 +112,6 @@ impl Caller {
         }
     }
 
-    pub fn addr(&self) -> Option<IpAddr> {
-        self.addr
-    }
-
     /// The caller as the audit trail names it.
     pub fn actor(&self) -> kiln_core::audit::Actor {
         kiln_core::audit::Actor {
@@ -130,14 +126,6 @@ impl Caller {
         Caller {
             identity: Identity::Unknown,
             addr: None,
-        }
-    }
-
-    /// An open server's caller: for tests and in-process use.
-    pub fn open(addr: Option<IpAddr>) -> Caller {
-        Caller {
-            identity: Identity::Open,
-            addr,
         }
     }
 }
@@ -249,11 +237,6 @@ impl Access {
             known_model: Box::new(known_model),
             reloading: Mutex::new(()),
         })
-    }
-
-    /// Whether keys are required (a key file is configured).
-    pub fn is_closed(&self) -> bool {
-        self.keys.is_some()
     }
 
     /// The caller a request's credentials name. Never fails: a caller without
