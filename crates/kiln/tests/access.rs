@@ -236,7 +236,30 @@ fn reloads_revoke_keys_and_a_bad_file_keeps_them() {
     std::fs::write(&keys, keys_v1()).unwrap();
     let srv = start(&keys);
     assert!(!srv.startup_log.iter().any(|l| l.contains("app-secret")));
-    let status = |secret| call(srv.http, "GET", "/v2/models/mlp_tiny", Some(secret), "").status;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // The same key's answer over REST and over gRPC (one connection throughout:
+    // a reload applies to connections already open).
+    let mut grpc = rt.block_on(common::grpc_client(srv.grpc));
+    let mut grpc_code = |secret: &str| {
+        let meta = ModelMetadataRequest {
+            name: "mlp_tiny".into(),
+            version: String::new(),
+        };
+        code(rt.block_on(grpc.model_metadata(with_key(meta, Some(secret)))))
+    };
+    let mut status = |secret| {
+        let rest = call(srv.http, "GET", "/v2/models/mlp_tiny", Some(secret), "").status;
+        let expected = match rest {
+            200 => Code::Ok,
+            401 => Code::Unauthenticated,
+            _ => Code::Unknown,
+        };
+        assert_eq!(grpc_code(secret), expected, "{secret} over gRPC");
+        rest
+    };
     assert_eq!((status("app-secret"), status("new-secret")), (200, 401));
     // Replaced as Kubernetes does it: a new file renamed over the old.
     let next = dir.path().join("keys.next");
