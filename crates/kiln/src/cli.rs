@@ -199,6 +199,17 @@ pub struct Args {
     /// Log detail: 0 info, 1 debug, 2 trace (KILN_LOG, a tracing filter, overrides it).
     #[arg(long, env = "KILN_LOG_VERBOSE", default_value_t = 0)]
     pub log_verbose: u8,
+
+    /// Log lines as text (coloured only on a terminal, and not when NO_COLOR is set) or
+    /// as JSON, one object per line: timestamp, level, target, message and the event's fields.
+    #[arg(long, env = "KILN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -27,7 +27,7 @@ use tokio::sync::watch;
 
 fn main() -> anyhow::Result<()> {
     let args = cli::Args::parse();
-    init_logging(args.log_verbose);
+    init_logging(args.log_verbose, args.log_format);
     // ONNX Runtime 1.31 sends usage telemetry unless told not to, and a server
     // must not phone home. Set while the process has a single thread (set
     // ORT_DISABLE_TELEMETRY=0 to let it).
@@ -59,7 +59,7 @@ fn inflight_budget(args: &cli::Args) -> Option<usize> {
     Some(bytes)
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, format: cli::LogFormat) {
     let default = match verbose {
         0 => "info",
         1 => "debug",
@@ -70,10 +70,19 @@ fn init_logging(verbose: u8) {
             "{default},h2=info,hyper=info,tower=info,tract=warn,ort=warn"
         ))
     });
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        // Escapes only where a person reads them: a file or a container log
+        // would keep them as noise.
+        cli::LogFormat::Text => {
+            use std::io::IsTerminal;
+            let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            logs.with_ansi(colour).init()
+        }
+        cli::LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
 }
 
 async fn run(args: cli::Args) -> anyhow::Result<()> {
