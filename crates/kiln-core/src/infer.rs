@@ -49,6 +49,19 @@ pub struct InferResponse {
     pub version: Version,
     pub id: Option<String>,
     pub outputs: Vec<InferOutput>,
+    pub timing: Timing,
+}
+
+/// Where a request's time went in the core, told to its client (REST's
+/// `Server-Timing`, gRPC's trailing metadata) so that it need not scrape metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timing {
+    /// From enqueue until its batch started computing.
+    pub queue: std::time::Duration,
+    /// Its batch's compute (shared with the batch's other requests).
+    pub compute: std::time::Duration,
+    /// From the core receiving it to its answer (decoding and encoding aside).
+    pub total: std::time::Duration,
 }
 
 /// A request checked against the model: inputs in the backend's order and the

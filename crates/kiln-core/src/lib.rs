@@ -31,7 +31,7 @@ pub use config::Device;
 pub use dtype::DataType;
 pub use error::{ErrorKind, KilnError};
 pub use handle::{Core, CoreOptions};
-pub use infer::{InferInput, InferOutput, InferRequest, InferResponse};
+pub use infer::{InferInput, InferOutput, InferRequest, InferResponse, Timing};
 pub use loader::{ControlMode, LoadError, LoadReport};
 pub use model::{ModelSignature, TensorSpec, Version};
 pub use registry::{IndexEntry, ModelState, ModelVersion};

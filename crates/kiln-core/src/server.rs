@@ -3,7 +3,7 @@
 //! answered; its outcome is counted however it ends.
 
 use crate::error::{ErrorKind, KilnError};
-use crate::infer::{validate, InferOutput, InferRequest, InferResponse};
+use crate::infer::{validate, InferOutput, InferRequest, InferResponse, Timing};
 use crate::metrics::Outcome;
 use crate::registry::{ModelVersion, Registry};
 use crate::scheduler::Computed;
@@ -201,6 +201,11 @@ impl Server {
             version: mv.version,
             id: req.id,
             outputs,
+            timing: Timing {
+                queue,
+                compute: compute.total(),
+                total,
+            },
         })
     }
 }

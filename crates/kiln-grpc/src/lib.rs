@@ -2,12 +2,12 @@
 //! Triton's `grpc_service.proto`. It only decodes, validates and encodes; the core
 //! does the work.
 
+mod answer_trailers;
 mod authenticate;
 mod charged_body;
 mod codec;
 pub mod contents;
 pub mod convert;
-mod size_status;
 mod views;
 #[doc(hidden)]
 pub mod wire_limits;
@@ -32,9 +32,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
+pub use answer_trailers::AnswerTrailers;
+use answer_trailers::TrailingTiming;
 pub use charged_body::ChargeMessages;
 pub use pb::grpc_inference_service_client::GrpcInferenceServiceClient;
-pub use size_status::SizeStatus;
 
 /// Maps the core's error to a gRPC status: the one place this mapping lives.
 pub fn status(e: KilnError) -> Status {
@@ -67,7 +68,7 @@ pub struct InferenceService {
 
 /// The tonic service [`InferenceService::into_server`] builds.
 pub type Server =
-    Authenticate<SizeStatus<ChargeMessages<GrpcInferenceServiceServer<InferenceService>>>>;
+    Authenticate<AnswerTrailers<ChargeMessages<GrpcInferenceServiceServer<InferenceService>>>>;
 
 impl InferenceService {
     pub fn new(core: Core, access: Arc<Access>) -> Self {
@@ -82,7 +83,7 @@ impl InferenceService {
         let budget = self.core.budget().clone();
         let access = self.access.clone();
         Authenticate {
-            inner: SizeStatus(ChargeMessages {
+            inner: AnswerTrailers(ChargeMessages {
                 inner: GrpcInferenceServiceServer::new(self)
                     .max_decoding_message_size(max_message_bytes)
                     .max_encoding_message_size(max_message_bytes),
@@ -104,7 +105,7 @@ impl InferenceService {
         req: ModelInferRequest,
         deadline: Option<std::time::Duration>,
         routing_key: Option<&str>,
-    ) -> Result<ModelInferResponse, KilnError> {
+    ) -> Result<(ModelInferResponse, kiln_core::Timing), KilnError> {
         // tonic has already decoded the message (its wire bytes were charged
         // as they arrived, see charged_body); from here the decoded message
         // counts against the byte budget.
@@ -122,7 +123,8 @@ impl InferenceService {
             req.routing_key = routing_key.map(str::to_string);
         }
         let resp = core.infer(req).await?;
-        Ok(convert::response(resp))
+        let timing = resp.timing;
+        Ok((convert::response(resp), timing))
     }
 }
 
@@ -259,10 +261,14 @@ impl GrpcInferenceService for InferenceService {
         let who = caller(r.extensions());
         let r = r.into_inner();
         self.permit(&who, Scope::Infer, Target::Model(&r.model_name))?;
-        Self::infer(&self.core, r, deadline, key.as_deref())
+        let (answer, timing) = Self::infer(&self.core, r, deadline, key.as_deref())
             .await
-            .map(Response::new)
-            .map_err(status)
+            .map_err(status)?;
+        let mut answer = Response::new(answer);
+        if let Ok(v) = kiln_protocol::server_timing(&timing).parse() {
+            answer.extensions_mut().insert(TrailingTiming(v));
+        }
+        Ok(answer)
     }
 
     type ModelStreamInferStream = StreamResult;
@@ -303,7 +309,7 @@ impl GrpcInferenceService for InferenceService {
                     // Errors of one request travel in the stream; the stream goes on.
                     let left = ends.map(|e| e.saturating_duration_since(std::time::Instant::now()));
                     Ok(match Self::infer(core, req, left, key.as_deref()).await {
-                        Ok(resp) => ModelStreamInferResponse {
+                        Ok((resp, _)) => ModelStreamInferResponse {
                             error_message: String::new(),
                             infer_response: Some(resp),
                         },

@@ -528,9 +528,13 @@ async fn infer_for(
             .map(str::to_string);
     }
     let resp = s.core.infer(decoded.request).await?;
+    let timing = kiln_protocol::server_timing(&resp.timing);
     let encoded = codec::encode_response(resp, &decoded.binary)?;
     let mut response = Response::new(Body::from(encoded.body));
     let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&timing) {
+        h.insert(kiln_protocol::SERVER_TIMING, v);
+    }
     match encoded.json_len {
         Some(n) => {
             h.insert(

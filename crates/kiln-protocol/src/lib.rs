@@ -32,6 +32,22 @@ pub const MAX_PARAMETERS: usize = 256;
 /// HTTP header carrying a routing key (gRPC: the same name as metadata).
 pub const ROUTING_KEY_HEADER: &str = "x-kiln-routing-key";
 
+/// Where the answer's time went, as REST's header and gRPC's trailing metadata
+/// carry it.
+pub const SERVER_TIMING: &str = "server-timing";
+
+/// A response's [`Timing`](kiln_core::Timing) in the W3C Server-Timing syntax,
+/// durations in milliseconds: `queue;dur=0.012, compute;dur=0.231, total;dur=0.260`.
+pub fn server_timing(t: &kiln_core::Timing) -> String {
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    format!(
+        "queue;dur={:.3}, compute;dur={:.3}, total;dur={:.3}",
+        ms(t.queue),
+        ms(t.compute),
+        ms(t.total)
+    )
+}
+
 /// Server metadata (`GET /v2`, ServerMetadata).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerMetadata {

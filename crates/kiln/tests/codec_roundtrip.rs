@@ -120,6 +120,7 @@ fn response(t: &Tensor) -> InferResponse {
             name: "y".into(),
             tensor: t.clone(),
         }],
+        timing: Default::default(),
     }
 }
 

@@ -99,7 +99,11 @@ async fn health_metadata_config_and_infer() {
     assert_eq!(cfg.input[0].dims, vec![16]);
     assert_eq!(cfg.input[0].data_type, DataType::TypeFp32 as i32);
 
-    let resp = c.model_infer(mlp_request(2)).await.unwrap().into_inner();
+    let resp = c.model_infer(mlp_request(2)).await.unwrap();
+    // Where its time went, in the trailing metadata.
+    let timing = resp.metadata().get("server-timing").expect("server-timing");
+    common::server_timing(timing.to_str().unwrap());
+    let resp = resp.into_inner();
     assert_eq!(resp.model_version, "1");
     assert_eq!(resp.outputs[0].shape, vec![2, 4]);
     let probs: Vec<f32> = resp.raw_output_contents[0]

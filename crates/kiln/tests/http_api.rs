@@ -81,6 +81,8 @@ fn json_and_binary_inference() {
     let s = start("tests/models", &[]);
     let r = post_json(s.http, "/v2/models/mlp_tiny/infer", &mlp_input(3));
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // Where its time went, for the client.
+    server_timing(r.header("server-timing").expect("a Server-Timing header"));
     let v = r.json();
     assert_eq!(v["model_name"], "mlp_tiny");
     assert_eq!(v["model_version"], "1");

@@ -132,6 +132,7 @@ mod tests {
                     tensor: Tensor::from_vec(vec![1], vec![5i64]).unwrap(),
                 },
             ],
+            timing: Default::default(),
         };
         let json_only = BinaryChoice {
             default: false,

@@ -154,6 +154,25 @@ pub fn start(repo: &str, extra: &[&str]) -> Server {
     }
 }
 
+/// The durations (ms) of a `Server-Timing` value, by name, checked for the
+/// three Kiln sends: queue, compute and total, total the largest.
+pub fn server_timing(value: &str) -> std::collections::HashMap<String, f64> {
+    let parts: std::collections::HashMap<String, f64> = value
+        .split(',')
+        .filter_map(|p| {
+            let (name, dur) = p.trim().split_once(";dur=")?;
+            Some((name.to_string(), dur.parse().ok()?))
+        })
+        .collect();
+    assert_eq!(parts.len(), 3, "{value}");
+    let total = parts["total"];
+    assert!(
+        total > 0.0 && parts["queue"] <= total && parts["compute"] <= total,
+        "{value}"
+    );
+    parts
+}
+
 pub struct HttpResponse {
     pub status: u16,
     pub headers: Vec<(String, String)>,

@@ -1,10 +1,16 @@
-//! tonic answers OUT_OF_RANGE when a message is over the size limit, in either
-//! direction; gRPC's guide to status codes gives RESOURCE_EXHAUSTED for exactly
-//! that ("sent message larger than configured limit"), and it is what clients of
-//! other gRPC servers see. Kiln's own errors never use OUT_OF_RANGE, so this
-//! wrapper rewrites that code wherever a status travels: in the response's
-//! headers (a trailers-only answer, as when a request is too large) and in its
-//! trailers (a response too large, or a stream's message).
+//! What a gRPC answer's status and trailing metadata say, fixed up on the way
+//! out (one wrapper, so that an answer's body is re-framed once):
+//!
+//! - the answer's [`Timing`](kiln_core::Timing), which a method leaves in the
+//!   response's extensions as [`TrailingTiming`], becomes `server-timing`
+//!   trailing metadata (REST's `Server-Timing` header);
+//! - tonic answers OUT_OF_RANGE when a message is over the size limit, in either
+//!   direction; gRPC's guide to status codes gives RESOURCE_EXHAUSTED for exactly
+//!   that ("sent message larger than configured limit"), and it is what clients of
+//!   other gRPC servers see. Kiln's own errors never use OUT_OF_RANGE, so this
+//!   wrapper rewrites that code wherever a status travels: in the response's
+//!   headers (a trailers-only answer, as when a request is too large) and in its
+//!   trailers (a response too large, or a stream's message).
 
 use http_body_util::BodyExt;
 use std::task::{Context, Poll};
@@ -15,15 +21,20 @@ use tonic::server::NamedService;
 const OUT_OF_RANGE: &str = "11";
 const RESOURCE_EXHAUSTED: &str = "8";
 
-/// A gRPC service whose size-limit statuses read RESOURCE_EXHAUSTED.
+/// A unary answer's `server-timing` trailer value.
 #[derive(Clone)]
-pub struct SizeStatus<S>(pub S);
+pub struct TrailingTiming(pub HeaderValue);
 
-impl<S: NamedService> NamedService for SizeStatus<S> {
+/// A gRPC service whose size-limit statuses read RESOURCE_EXHAUSTED and whose
+/// answers carry their timing.
+#[derive(Clone)]
+pub struct AnswerTrailers<S>(pub S);
+
+impl<S: NamedService> NamedService for AnswerTrailers<S> {
     const NAME: &'static str = S::NAME;
 }
 
-impl<S, B> Service<http::Request<B>> for SizeStatus<S>
+impl<S, B> Service<http::Request<B>> for AnswerTrailers<S>
 where
     S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
     S::Future: Send + 'static,
@@ -41,9 +52,13 @@ where
         Box::pin(async move {
             let (mut parts, body) = answer.await?.into_parts();
             rewrite(&mut parts.headers);
-            let body = body.map_frame(|mut frame| {
+            let timing = parts.extensions.remove::<TrailingTiming>();
+            let body = body.map_frame(move |mut frame| {
                 if let Some(trailers) = frame.trailers_mut() {
                     rewrite(trailers);
+                    if let Some(t) = &timing {
+                        trailers.insert(kiln_protocol::SERVER_TIMING, t.0.clone());
+                    }
                 }
                 frame
             });
