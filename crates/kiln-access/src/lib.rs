@@ -55,8 +55,9 @@ pub struct AccessOptions {
 #[derive(Debug, Clone, Default)]
 pub struct Peer {
     pub addr: Option<std::net::SocketAddr>,
-    /// The subject of the client certificate the TLS handshake verified.
-    pub subject: Option<String>,
+    /// The subject of the client certificate the TLS handshake verified
+    /// (shared: every request on the connection carries a copy of the peer).
+    pub subject: Option<Arc<str>>,
 }
 
 /// What a request carried that may identify its caller.
@@ -186,14 +187,16 @@ pub fn bearer(authorization: &str) -> Option<&str> {
         .filter(|s| !s.is_empty())
 }
 
-fn read_keys(path: &std::path::Path) -> Result<(Keys, [u8; 32]), KeyFileError> {
+/// The key file's text and its SHA-256 (to tell a change from a touch before
+/// parsing anything).
+fn read_key_file(path: &std::path::Path) -> Result<(String, [u8; 32]), KeyFileError> {
     let bytes = std::fs::read(path).map_err(|source| KeyFileError::Read {
         path: path.display().to_string(),
         source,
     })?;
     let text = String::from_utf8(bytes).map_err(|_| KeyFileError::Syntax("not UTF-8".into()))?;
     let hash = hash_secret(&text);
-    Ok((Keys::parse(&text)?, hash))
+    Ok((text, hash))
 }
 
 impl Access {
@@ -211,7 +214,8 @@ impl Access {
                 None
             }
             Some(path) => {
-                let (keys, file_hash) = read_keys(path)?;
+                let (text, file_hash) = read_key_file(path)?;
+                let keys = Keys::parse(&text)?;
                 let entries = entries(&keys, opts.default_rate, &[]);
                 tracing::info!(
                     "API keys: {} from {} ({})",
@@ -348,11 +352,12 @@ impl Access {
             return Ok(Reloaded::Unchanged);
         };
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
-        let (keys, file_hash) = read_keys(path)?;
+        let (text, file_hash) = read_key_file(path)?;
         let old = state.load();
         if old.file_hash == file_hash {
             return Ok(Reloaded::Unchanged);
         }
+        let keys = Keys::parse(&text)?;
         let entries = entries(&keys, self.opts.default_rate, &old.entries);
         let report = Reloaded::Changed {
             before: ids(&old.keys),

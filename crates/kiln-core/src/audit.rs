@@ -61,6 +61,24 @@ pub fn record(actor: &Actor, change: Change<'_>, outcome: Result<(), &str>) {
     metrics::counter!(AUDIT_EVENTS, "action" => change.action, "outcome" => result).increment(1);
 }
 
+/// Records a change of the versions a model serves (a load or an unload):
+/// those serving `after` it, or the error (the versions `before` it still serve).
+pub fn record_versions(
+    actor: &Actor,
+    action: &'static str,
+    model: &str,
+    before: &[Version],
+    after: Result<&[Version], &str>,
+) {
+    let change = Change {
+        action,
+        model: Some(model),
+        before: versions(before),
+        after: versions(after.unwrap_or(before)),
+    };
+    record(actor, change, after.map(|_| ()));
+}
+
 /// Versions as the trail writes them: `[1, 2]`.
 pub fn versions(v: &[Version]) -> String {
     let list: Vec<String> = v.iter().map(Version::to_string).collect();

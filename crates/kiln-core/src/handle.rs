@@ -243,7 +243,7 @@ impl Core {
             .off_runtime("model load", move |c| c.inner.loader.load(&owned, config))
             .await
             .and_then(|r| r.map_err(KilnError::from));
-        self.audit_load(actor, "load", name, &before, &result);
+        audit::record_versions(actor, "load", name, &before, served(&result));
         result
     }
 
@@ -255,33 +255,8 @@ impl Core {
             .off_runtime("model unload", move |c| c.inner.loader.unload(&owned))
             .await
             .and_then(|r| r.map_err(KilnError::from));
-        self.audit_load(actor, "unload", name, &before, &result);
+        audit::record_versions(actor, "unload", name, &before, served(&result));
         result
-    }
-
-    fn audit_load(
-        &self,
-        actor: &Actor,
-        action: &'static str,
-        name: &str,
-        before: &[Version],
-        result: &Result<LoadReport, KilnError>,
-    ) {
-        let after = match result {
-            Ok(report) => &report.serving[..],
-            Err(_) => before,
-        };
-        let change = Change {
-            action,
-            model: Some(name),
-            before: audit::versions(before),
-            after: audit::versions(after),
-        };
-        audit::record(
-            actor,
-            change,
-            result.as_ref().map(|_| ()).map_err(|e| e.message.as_str()),
-        );
     }
 
     /// The repository index: one line per model version known, sorted by name.
@@ -327,4 +302,12 @@ impl Core {
                 KilnError::internal(format!("the {what} panicked"))
             })
     }
+}
+
+/// What a load or unload left serving, as the audit trail takes it.
+fn served(result: &Result<LoadReport, KilnError>) -> Result<&[Version], &str> {
+    result
+        .as_ref()
+        .map(|r| &r.serving[..])
+        .map_err(|e| e.message.as_str())
 }

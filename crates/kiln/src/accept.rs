@@ -128,7 +128,10 @@ async fn handshake(conn: Conn, tls: &Tls, listener: Listener) -> io::Result<Acce
     }
     Ok(Accepted {
         io: Io::Tls(Box::new(stream)),
-        peer: Peer { addr, subject },
+        peer: Peer {
+            addr,
+            subject: subject.map(Arc::from),
+        },
     })
 }
 

@@ -66,15 +66,18 @@ fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read the TLS {what} {}", path.display()))
 }
 
-fn build(files: &TlsFiles) -> anyhow::Result<Built> {
-    let cert_pem = read(&files.cert, "certificate")?;
-    let key_pem = read(&files.key, "key")?;
-    let ca_pem = files
-        .client_ca
-        .as_deref()
-        .map(|p| read(p, "client CA"))
-        .transpose()?;
-    let certs = CertificateDer::pem_slice_iter(&cert_pem)
+/// The files' contents: certificate, key, and client CA when there is one.
+fn read_all(files: &TlsFiles) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut contents = vec![read(&files.cert, "certificate")?, read(&files.key, "key")?];
+    if let Some(ca) = &files.client_ca {
+        contents.push(read(ca, "client CA")?);
+    }
+    Ok(contents)
+}
+
+fn build(files: &TlsFiles, contents: Vec<Vec<u8>>) -> anyhow::Result<Built> {
+    let (cert_pem, key_pem, ca_pem) = (&contents[0], &contents[1], contents.get(2));
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .context("the TLS certificate file is not PEM")?;
     let Some(leaf) = certs.first() else {
@@ -85,44 +88,41 @@ fn build(files: &TlsFiles) -> anyhow::Result<Built> {
         tracing::warn!("the TLS {summary}: clients will refuse it");
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = |alpn: &[&[u8]]| -> anyhow::Result<ServerConfig> {
-        let key = PrivateKeyDer::from_pem_slice(&key_pem)
-            .context("the TLS key file holds no PEM private key")?;
-        let builder = ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .context("no TLS versions")?;
-        let builder = match &ca_pem {
-            None => builder.with_no_client_auth(),
-            Some(pem) => {
-                let mut roots = RootCertStore::empty();
-                for ca in CertificateDer::pem_slice_iter(pem) {
-                    roots
-                        .add(ca.context("the client CA file is not PEM")?)
-                        .context("a client CA certificate is invalid")?;
-                }
-                let verifier =
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
-                let verifier = if files.client_cert_optional {
-                    verifier.allow_unauthenticated()
-                } else {
-                    verifier
-                };
-                builder.with_client_cert_verifier(verifier.build().context("the client CA file")?)
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .context("the TLS key file holds no PEM private key")?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .context("no TLS versions")?;
+    let builder = match ca_pem {
+        None => builder.with_no_client_auth(),
+        Some(pem) => {
+            let mut roots = RootCertStore::empty();
+            for ca in CertificateDer::pem_slice_iter(pem) {
+                roots
+                    .add(ca.context("the client CA file is not PEM")?)
+                    .context("a client CA certificate is invalid")?;
             }
-        };
-        let mut config = builder
-            .with_single_cert(certs.clone(), key)
-            .context("the TLS certificate and key do not make a usable pair")?;
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        Ok(config)
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+            let verifier = if files.client_cert_optional {
+                verifier.allow_unauthenticated()
+            } else {
+                verifier
+            };
+            builder.with_client_cert_verifier(verifier.build().context("the client CA file")?)
+        }
     };
+    let mut http = builder
+        .with_single_cert(certs, key)
+        .context("the TLS certificate and key do not make a usable pair")?;
+    // The same configuration but for the protocols each listener offers.
+    let mut grpc = http.clone();
+    http.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    grpc.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Built {
-        http: config(&[b"h2", b"http/1.1"])?,
-        grpc: config(&[b"h2"])?,
-        contents: [Some(cert_pem), Some(key_pem), ca_pem]
-            .into_iter()
-            .flatten()
-            .collect(),
+        http,
+        grpc,
+        contents,
         summary,
     })
 }
@@ -159,7 +159,7 @@ pub fn subject(cert: &CertificateDer<'_>) -> Option<String> {
 impl Tls {
     /// Reads the files; the server must not start on bad ones.
     pub fn load(files: TlsFiles) -> anyhow::Result<Tls> {
-        let built = build(&files)?;
+        let built = build(&files, read_all(&files)?)?;
         tracing::info!(
             "TLS on the REST and gRPC ports: {}{}",
             built.summary,
@@ -207,16 +207,11 @@ impl Tls {
     /// previous configurations kept) when they cannot be used.
     pub fn reload(&self) -> anyhow::Result<Option<String>> {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        let same = self
-            .files
-            .paths()
-            .iter()
-            .zip(current.0.iter())
-            .all(|(p, old)| std::fs::read(p).is_ok_and(|now| &now == old));
-        if same {
+        let contents = read_all(&self.files)?;
+        if contents == current.0 {
             return Ok(None);
         }
-        let built = build(&self.files)?;
+        let built = build(&self.files, contents)?;
         self.http.store(Arc::new(built.http));
         self.grpc.store(Arc::new(built.grpc));
         *current = (built.contents, built.summary.clone());

@@ -41,7 +41,7 @@ impl Loader {
             retire(&name, &slot, "removed from the repository");
             self.registry.remove(&name);
             state.pending.remove(&name);
-            audit_poll("unload", &name, &before, Ok(&[]));
+            audit::record_versions(&audit::Actor::kiln(), "unload", &name, &before, Ok(&[]));
         }
         let now = Instant::now();
         for dir in &dirs {
@@ -64,11 +64,18 @@ impl Loader {
                         if let Err(e) = &result {
                             tracing::error!(model = %dir.name, "{e}");
                         }
+                        let error = result.as_ref().err().map(ToString::to_string);
                         let after = result
                             .as_ref()
                             .map(|r| &r.serving[..])
-                            .map_err(|e| e.to_string());
-                        audit_poll("load", &dir.name, &before, after);
+                            .map_err(|_| error.as_deref().unwrap_or_default());
+                        audit::record_versions(
+                            &audit::Actor::kiln(),
+                            "load",
+                            &dir.name,
+                            &before,
+                            after,
+                        );
                     }
                 }
                 _ => {
@@ -77,25 +84,4 @@ impl Loader {
             }
         }
     }
-}
-
-/// A change poll mode made, on the audit trail (Kiln is its actor: the
-/// repository changed).
-fn audit_poll(
-    action: &'static str,
-    name: &str,
-    before: &[crate::model::Version],
-    after: Result<&[crate::model::Version], String>,
-) {
-    let change = audit::Change {
-        action,
-        model: Some(name),
-        before: audit::versions(before),
-        after: audit::versions(after.as_deref().unwrap_or(before)),
-    };
-    audit::record(
-        &audit::Actor::kiln(),
-        change,
-        after.as_ref().map(|_| ()).map_err(String::as_str),
-    );
 }
