@@ -78,7 +78,9 @@ fn bench(c: &mut Criterion) {
     c.bench_function("round_trip/1_request", |b| {
         b.iter(|| {
             rt.block_on(async {
-                let rx = s.submit(vec![input.clone()], 1, None).expect("submit");
+                let rx = s
+                    .submit(vec![input.clone()], 1, None, None)
+                    .expect("submit");
                 black_box(rx.await.expect("answer").outputs.expect("outputs"))
             })
         })
@@ -96,7 +98,10 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 rt.block_on(async {
                     let rxs: Vec<_> = (0..n)
-                        .map(|_| s.submit(vec![input.clone()], 1, None).expect("submit"))
+                        .map(|_| {
+                            s.submit(vec![input.clone()], 1, None, None)
+                                .expect("submit")
+                        })
                         .collect();
                     for rx in rxs {
                         black_box(rx.await.expect("answer").outputs.expect("outputs"));

@@ -28,6 +28,9 @@ pub struct InferRequest {
     /// Makes the canary draw sticky: the same key always gets the same version
     /// (while the policy stays the same).
     pub routing_key: Option<String>,
+    /// The request's span when it is traced: the core adds its queue and
+    /// compute spans under it (see [`crate::trace`]).
+    pub trace: Option<tracing::Span>,
 }
 
 impl InferRequest {
@@ -50,6 +53,8 @@ pub struct InferResponse {
     pub id: Option<String>,
     pub outputs: Vec<InferOutput>,
     pub timing: Timing,
+    /// Rows in the execution the request rode in.
+    pub batch_size: usize,
 }
 
 /// Where a request's time went in the core, told to its client (REST's

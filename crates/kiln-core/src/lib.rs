@@ -24,6 +24,7 @@ pub mod scheduler;
 pub mod server;
 pub mod stats;
 pub mod tensor;
+pub mod trace;
 pub mod traffic;
 
 pub use backend::{Backend, BackendError, BackendFactory, Backends, LoadRequest};

@@ -19,6 +19,7 @@ use crate::error::{ErrorKind, KilnError};
 use crate::metrics::VersionMetrics;
 use crate::stats::{ComputeTimes, VersionStats};
 use crate::tensor::Tensor;
+use crate::trace::{self, Queued};
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -75,6 +76,7 @@ struct Job {
     enqueued: Instant,
     deadline: Option<Instant>,
     reply: oneshot::Sender<Computed>,
+    trace: Option<Queued>,
 }
 
 impl Job {
@@ -181,11 +183,13 @@ impl Scheduler {
     }
 
     /// Queues a request of `rows` rows; fails at once when the queue is full.
+    /// A traced request (`trace`, its span) gets queue and compute spans.
     pub fn submit(
         &self,
         inputs: Vec<Tensor>,
         rows: usize,
         deadline: Option<Instant>,
+        trace: Option<&tracing::Span>,
     ) -> Result<oneshot::Receiver<Computed>, KilnError> {
         let (reply, rx) = oneshot::channel();
         let sh = &*self.shared;
@@ -219,6 +223,7 @@ impl Scheduler {
             enqueued: Instant::now(),
             deadline,
             reply,
+            trace: trace.map(|span| Queued::new(span.clone())),
         });
         sh.metrics.queue_depth.set(st.jobs.len() as f64);
         drop(st);
@@ -396,6 +401,17 @@ fn execute(sh: &Shared, backend: &dyn Backend, mut batch: Vec<Job>) {
     let started = Instant::now();
     let rows: Vec<usize> = batch.iter().map(|j| j.rows).collect();
     let total_rows: usize = rows.iter().sum();
+    for q in batch.iter_mut().filter_map(|j| j.trace.as_mut()) {
+        q.dequeued();
+    }
+    let compute_span = trace::compute(
+        batch
+            .iter()
+            .filter_map(|j| j.trace.as_ref().map(|q| &q.request)),
+        total_rows,
+        batch.len(),
+    );
+    let _computing = compute_span.enter();
     let single = batch.len() == 1;
     // A lone request's inputs go to the backend as they are; a batch's are joined.
     let inputs: Result<Vec<Tensor>, String> = if single {
@@ -626,7 +642,8 @@ mod tests {
             rxs.push((
                 n,
                 i,
-                s.submit(rows(n, 3, i as f32 * 100.0), n, None).unwrap(),
+                s.submit(rows(n, 3, i as f32 * 100.0), n, None, None)
+                    .unwrap(),
             ));
         }
         for (n, i, rx) in rxs {
@@ -654,10 +671,10 @@ mod tests {
         let b = doubler(Duration::ZERO);
         let (s, _) = start(cfg(16, 50_000, 64, 1), b.clone());
         let narrow: Vec<_> = (0..4)
-            .map(|i| s.submit(rows(1, 2, i as f32), 1, None).unwrap())
+            .map(|i| s.submit(rows(1, 2, i as f32), 1, None, None).unwrap())
             .collect();
         let wide: Vec<_> = (0..4)
-            .map(|i| s.submit(rows(1, 5, i as f32), 1, None).unwrap())
+            .map(|i| s.submit(rows(1, 5, i as f32), 1, None, None).unwrap())
             .collect();
         for rx in narrow {
             assert_eq!(rx.await.unwrap().outputs.unwrap()[0].shape(), &[1, 2]);
@@ -676,7 +693,7 @@ mod tests {
         let (s, _) = start(cfg(4, 10_000_000, 64, 1), b.clone());
         let t0 = Instant::now();
         let rxs: Vec<_> = (0..4)
-            .map(|i| s.submit(rows(1, 1, i as f32), 1, None).unwrap())
+            .map(|i| s.submit(rows(1, 1, i as f32), 1, None, None).unwrap())
             .collect();
         for rx in rxs {
             rx.await.unwrap().outputs.unwrap();
@@ -692,7 +709,7 @@ mod tests {
         c.preferred_batch_sizes = vec![2];
         let (s, _) = start(c, b.clone());
         let rxs: Vec<_> = (0..2)
-            .map(|i| s.submit(rows(1, 1, i as f32), 1, None).unwrap())
+            .map(|i| s.submit(rows(1, 1, i as f32), 1, None, None).unwrap())
             .collect();
         for rx in rxs {
             rx.await.unwrap().outputs.unwrap();
@@ -707,7 +724,7 @@ mod tests {
         c.dynamic_batching = false;
         let (s, _) = start(c, b.clone());
         let rxs: Vec<_> = (0..6)
-            .map(|i| s.submit(rows(2, 1, i as f32), 2, None).unwrap())
+            .map(|i| s.submit(rows(2, 1, i as f32), 2, None, None).unwrap())
             .collect();
         for rx in rxs {
             rx.await.unwrap().outputs.unwrap();
@@ -721,15 +738,16 @@ mod tests {
         let mut c = cfg(4, 0, 64, 1);
         c.dynamic_batching = false;
         let (s, _) = start(c, b.clone());
-        let panics = s.submit(rows(1, 1, -5.0), 1, None).unwrap();
+        let panics = s.submit(rows(1, 1, -5.0), 1, None, None).unwrap();
         let fails = s
             .submit(
                 vec![Tensor::from_vec(vec![1, 1], vec![f32::NAN]).unwrap()],
                 1,
                 None,
+                None,
             )
             .unwrap();
-        let fine = s.submit(rows(1, 1, 3.0), 1, None).unwrap();
+        let fine = s.submit(rows(1, 1, 3.0), 1, None, None).unwrap();
         let e = panics.await.unwrap().outputs.unwrap_err();
         assert_eq!(e.kind, ErrorKind::Internal);
         assert!(
@@ -742,7 +760,11 @@ mod tests {
         let ok = fine.await.unwrap().outputs.unwrap();
         assert_eq!(ok[0].to_vec::<f32>().unwrap(), vec![6.0]);
         // And the version keeps serving afterwards.
-        let again = s.submit(rows(1, 1, 1.0), 1, None).unwrap().await.unwrap();
+        let again = s
+            .submit(rows(1, 1, 1.0), 1, None, None)
+            .unwrap()
+            .await
+            .unwrap();
         assert!(again.outputs.is_ok());
     }
 
@@ -751,16 +773,20 @@ mod tests {
         let b = doubler(Duration::from_millis(30));
         let (s, _) = start(cfg(8, 0, 64, 1), b.clone());
         // Occupies the instance while the next requests queue up.
-        let first = s.submit(rows(1, 1, 1.0), 1, None).unwrap();
+        let first = s.submit(rows(1, 1, 1.0), 1, None, None).unwrap();
         wait_taken(&s);
-        let bad = s.submit(rows(1, 1, -1.0), 1, None).unwrap();
-        let partner = s.submit(rows(1, 1, 2.0), 1, None).unwrap();
+        let bad = s.submit(rows(1, 1, -1.0), 1, None, None).unwrap();
+        let partner = s.submit(rows(1, 1, 2.0), 1, None, None).unwrap();
         assert!(first.await.unwrap().outputs.is_ok());
         // bad and partner were batched together, and both fail with the message.
         let e1 = bad.await.unwrap().outputs.unwrap_err();
         let e2 = partner.await.unwrap().outputs.unwrap_err();
         assert_eq!(e1.message, e2.message);
-        let later = s.submit(rows(1, 1, 4.0), 1, None).unwrap().await.unwrap();
+        let later = s
+            .submit(rows(1, 1, 4.0), 1, None, None)
+            .unwrap()
+            .await
+            .unwrap();
         assert_eq!(
             later.outputs.unwrap()[0].to_vec::<f32>().unwrap(),
             vec![8.0]
@@ -773,14 +799,14 @@ mod tests {
         let mut c = cfg(8, 0, 64, 1);
         c.max_batch_cost = Some(8);
         let (s, _) = start(c, b.clone());
-        let first = s.submit(rows(1, 4, 1.0), 1, None).unwrap();
+        let first = s.submit(rows(1, 4, 1.0), 1, None, None).unwrap();
         wait_taken(&s);
         // Width 4 costs 4 a row: a budget of 8 takes two rows at a time, though
         // max_batch_size would take 8; a request over budget on its own still runs.
         let rest: Vec<_> = (0..5)
-            .map(|i| s.submit(rows(1, 4, i as f32), 1, None).unwrap())
+            .map(|i| s.submit(rows(1, 4, i as f32), 1, None, None).unwrap())
             .collect();
-        let wide = s.submit(rows(1, 16, 0.0), 1, None).unwrap();
+        let wide = s.submit(rows(1, 16, 0.0), 1, None, None).unwrap();
         assert!(first.await.unwrap().outputs.is_ok());
         for r in rest {
             assert!(r.await.unwrap().outputs.is_ok());
@@ -793,10 +819,10 @@ mod tests {
     async fn an_input_the_model_refuses_fails_only_its_own_request() {
         let b = doubler(Duration::from_millis(30));
         let (s, _) = start(cfg(8, 0, 64, 1), b.clone());
-        let first = s.submit(rows(1, 1, 1.0), 1, None).unwrap();
+        let first = s.submit(rows(1, 1, 1.0), 1, None, None).unwrap();
         wait_taken(&s);
-        let bad = s.submit(rows(1, 1, f32::INFINITY), 1, None).unwrap();
-        let partner = s.submit(rows(1, 1, 2.0), 1, None).unwrap();
+        let bad = s.submit(rows(1, 1, f32::INFINITY), 1, None, None).unwrap();
+        let partner = s.submit(rows(1, 1, 2.0), 1, None, None).unwrap();
         assert!(first.await.unwrap().outputs.is_ok());
         // Batched together, refused, then re-run one by one: only `bad` fails.
         let e = bad.await.unwrap().outputs.unwrap_err();
@@ -813,23 +839,24 @@ mod tests {
         let mut c = cfg(4, 0, 3, 1);
         c.dynamic_batching = false;
         let (s, stats) = start(c, b.clone());
-        let first = s.submit(rows(1, 1, 1.0), 1, None).unwrap();
+        let first = s.submit(rows(1, 1, 1.0), 1, None, None).unwrap();
         wait_taken(&s);
-        let abandoned = s.submit(rows(1, 1, 2.0), 1, None).unwrap();
+        let abandoned = s.submit(rows(1, 1, 2.0), 1, None, None).unwrap();
         let expiring = s
             .submit(
                 rows(1, 1, 3.0),
                 1,
                 Some(Instant::now() + Duration::from_millis(10)),
+                None,
             )
             .unwrap();
-        let kept = s.submit(rows(1, 1, 4.0), 1, None).unwrap();
-        let e = s.submit(rows(1, 1, 5.0), 1, None).unwrap_err();
+        let kept = s.submit(rows(1, 1, 4.0), 1, None, None).unwrap();
+        let e = s.submit(rows(1, 1, 5.0), 1, None, None).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Unavailable);
         assert!(e.message.contains("queue is full"), "{}", e.message);
         drop(abandoned);
         // The departed client's place is free again.
-        let extra = s.submit(rows(1, 1, 6.0), 1, None).unwrap();
+        let extra = s.submit(rows(1, 1, 6.0), 1, None, None).unwrap();
         assert!(first.await.unwrap().outputs.is_ok());
         let e = expiring.await.unwrap().outputs.unwrap_err();
         assert_eq!(e.kind, ErrorKind::DeadlineExceeded);
@@ -851,7 +878,7 @@ mod tests {
         c.dynamic_batching = false;
         let (s, _) = start(c, b.clone());
         let rxs: Vec<_> = (0..6)
-            .map(|i| s.submit(rows(1, 1, i as f32), 1, None).unwrap())
+            .map(|i| s.submit(rows(1, 1, i as f32), 1, None, None).unwrap())
             .collect();
         for rx in rxs {
             rx.await.unwrap().outputs.unwrap();
@@ -876,10 +903,10 @@ mod tests {
         let stats = Arc::new(VersionStats::default());
         let m = Arc::new(VersionMetrics::new("m", "1", "cpu"));
         let s = Scheduler::start(cfg(8, 0, 64, 1), vec![b], m, stats).unwrap();
-        let first = s.submit(rows(1, 1, 1.0), 1, None).unwrap();
+        let first = s.submit(rows(1, 1, 1.0), 1, None, None).unwrap();
         wait_taken(&s);
-        let a = s.submit(rows(1, 1, 1.0), 1, None).unwrap();
-        let c = s.submit(rows(1, 1, 1.0), 1, None).unwrap();
+        let a = s.submit(rows(1, 1, 1.0), 1, None, None).unwrap();
+        let c = s.submit(rows(1, 1, 1.0), 1, None, None).unwrap();
         assert!(first.await.unwrap().outputs.is_ok());
         let e = a.await.unwrap().outputs.unwrap_err();
         assert!(e.message.contains("cannot be split"), "{}", e.message);
@@ -891,7 +918,7 @@ mod tests {
         let b = doubler(Duration::from_millis(5));
         let (s, _) = start(cfg(1, 0, 64, 1), b.clone());
         let rxs: Vec<_> = (0..5)
-            .map(|i| s.submit(rows(1, 1, i as f32), 1, None).unwrap())
+            .map(|i| s.submit(rows(1, 1, i as f32), 1, None, None).unwrap())
             .collect();
         drop(s);
         for rx in rxs {

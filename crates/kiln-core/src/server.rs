@@ -126,7 +126,7 @@ impl Server {
         let deadline = timeout.and_then(|t| started.checked_add(t));
         let rx = mv
             .scheduler
-            .submit(valid.inputs, valid.batch_size, deadline)
+            .submit(valid.inputs, valid.batch_size, deadline, req.trace.as_ref())
             .inspect_err(|_| guard.outcome = Outcome::Rejected)?;
         let answer = match deadline {
             None => rx.await,
@@ -150,7 +150,7 @@ impl Server {
             outputs: all,
             queue,
             compute,
-            ..
+            batch_size,
         } = done;
         mv.metrics.queue.record(queue.as_secs_f64());
         let all = all.inspect_err(|e| {
@@ -206,6 +206,7 @@ impl Server {
                 compute: compute.total(),
                 total,
             },
+            batch_size,
         })
     }
 }

@@ -127,6 +127,7 @@ pub fn request(
         outputs,
         timeout,
         routing_key,
+        trace: None,
     })
 }
 

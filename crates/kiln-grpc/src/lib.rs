@@ -26,11 +26,14 @@ use kiln_access::{Access, Caller, Scope, Target};
 use kiln_core::budget::Charge;
 use kiln_core::{Core, ErrorKind, InferRequest, KilnError};
 use kiln_protocol::{params::Param, version_arg};
+use kiln_telemetry::{Finished, RequestScope, Telemetry, REQUEST_ID_HEADER};
 use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use pb::*;
 use std::pin::Pin;
 use std::sync::Arc;
+use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 pub use answer_trailers::AnswerTrailers;
 use answer_trailers::TrailingTiming;
@@ -64,6 +67,7 @@ pub fn status(e: KilnError) -> Status {
 pub struct InferenceService {
     core: Core,
     access: Arc<Access>,
+    telemetry: Arc<Telemetry>,
 }
 
 /// The tonic service [`InferenceService::into_server`] builds.
@@ -71,8 +75,12 @@ pub type Server =
     Authenticate<AnswerTrailers<ChargeMessages<GrpcInferenceServiceServer<InferenceService>>>>;
 
 impl InferenceService {
-    pub fn new(core: Core, access: Arc<Access>) -> Self {
-        InferenceService { core, access }
+    pub fn new(core: Core, access: Arc<Access>, telemetry: Arc<Telemetry>) -> Self {
+        InferenceService {
+            core,
+            access,
+            telemetry,
+        }
     }
 
     /// A tonic service whose callers are identified before their message is
@@ -100,31 +108,114 @@ impl InferenceService {
         self.access.permit(caller, scope, target).map_err(status)
     }
 
+    /// Converts, runs and converts back one inference request; `request_id`
+    /// (the request's `id`, else `given`, else a new one) is set once the
+    /// message is converted.
     async fn infer(
         core: &Core,
+        scope: &RequestScope,
         req: ModelInferRequest,
-        deadline: Option<std::time::Duration>,
-        routing_key: Option<&str>,
-    ) -> Result<(ModelInferResponse, kiln_core::Timing), KilnError> {
+        call: &Call,
+        given: Option<&str>,
+        request_id: &mut Option<String>,
+    ) -> Result<Answered, KilnError> {
+        let Call {
+            deadline,
+            routing_key,
+        } = call;
+        let deadline = *deadline;
         // tonic has already decoded the message (its wire bytes were charged
         // as they arrived, see charged_body); from here the decoded message
         // counts against the byte budget.
         let held = convert::held_bytes(&req);
         let charge = core.budget().charge(held)?;
+        let span = scope.decode();
         let (mut req, _charge) = if held <= kiln_protocol::INLINE_DECODE_BYTES {
-            convert_charged(req, deadline, charge)?
+            span.in_scope(|| convert_charged(req, deadline, charge))?
         } else {
             core.compute("request decoder", move || {
-                convert_charged(req, deadline, charge)
+                span.in_scope(|| convert_charged(req, deadline, charge))
             })
             .await??
         };
         if req.routing_key.is_none() {
-            req.routing_key = routing_key.map(str::to_string);
+            req.routing_key = routing_key.clone();
+        }
+        let id = kiln_telemetry::request_id(req.id.as_deref().or(given));
+        req.id = Some(id.clone());
+        *request_id = Some(id);
+        if scope.traced() {
+            req.trace = Some(scope.span().clone());
         }
         let resp = core.infer(req).await?;
-        let timing = resp.timing;
-        Ok((convert::response(resp), timing))
+        let (timing, version, batch_size) = (resp.timing, resp.version.0, resp.batch_size);
+        let response = scope.encode().in_scope(|| convert::response(resp));
+        Ok(Answered {
+            response,
+            timing,
+            version,
+            batch_size,
+        })
+    }
+
+    /// One inference request (of a unary call or a stream) in its span,
+    /// its telemetry finished; answers its request id with the outcome.
+    async fn infer_traced(
+        &self,
+        scope: RequestScope,
+        who: &Caller,
+        req: ModelInferRequest,
+        call: &Call,
+        given: Option<&str>,
+    ) -> (String, Result<Answered, KilnError>) {
+        let model = req.model_name.clone();
+        let mut request_id = None;
+        let answer = async {
+            self.access
+                .permit(who, Scope::Infer, Target::Model(&model))?;
+            Self::infer(&self.core, &scope, req, call, given, &mut request_id).await
+        }
+        .instrument(scope.span().clone())
+        .await;
+        let id = request_id.unwrap_or_else(|| kiln_telemetry::request_id(given));
+        let code = match &answer {
+            Ok(_) => tonic::Code::Ok,
+            Err(e) => status(e.clone()).code(),
+        };
+        scope.finish(&Finished {
+            request_id: &id,
+            model: &model,
+            version: answer.as_ref().ok().map(|a| a.version),
+            batch_size: answer.as_ref().ok().map(|a| a.batch_size),
+            status: &format!("{code:?}"),
+            error: answer.as_ref().err().map(|e| e.message.as_str()),
+        });
+        (id, answer)
+    }
+}
+
+/// What a call's metadata says for each request it carries.
+struct Call {
+    deadline: Option<std::time::Duration>,
+    routing_key: Option<String>,
+}
+
+/// An inference answer and what its telemetry reports.
+struct Answered {
+    response: ModelInferResponse,
+    timing: kiln_core::Timing,
+    version: u64,
+    batch_size: usize,
+}
+
+fn metadata<'m>(md: &'m MetadataMap, key: &str) -> Option<&'m str> {
+    md.get(key).and_then(|v| v.to_str().ok())
+}
+
+/// Sets `x-request-id` in an answer's metadata (when the id can travel there).
+fn tag(md: &mut MetadataMap, request_id: &str) {
+    if let Ok(v) = MetadataValue::try_from(request_id) {
+        md.insert(REQUEST_ID_HEADER, v);
     }
 }
 
@@ -143,9 +234,8 @@ fn convert_charged(
 }
 
 /// The routing key sent as call metadata (a request parameter takes precedence).
-fn routing_key(md: &tonic::metadata::MetadataMap) -> Option<String> {
-    md.get(kiln_protocol::ROUTING_KEY_HEADER)
-        .and_then(|v| v.to_str().ok())
+fn routing_key(md: &MetadataMap) -> Option<String> {
+    metadata(md, kiln_protocol::ROUTING_KEY_HEADER)
         .filter(|v| !v.is_empty())
         .map(str::to_string)
 }
@@ -256,19 +346,34 @@ impl GrpcInferenceService for InferenceService {
         &self,
         r: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
-        let deadline = deadline(r.metadata());
-        let key = routing_key(r.metadata());
+        let md = r.metadata();
+        let call = Call {
+            deadline: deadline(md),
+            routing_key: routing_key(md),
+        };
+        let given = metadata(md, REQUEST_ID_HEADER).map(str::to_string);
+        let scope = self
+            .telemetry
+            .begin("grpc", &r.get_ref().model_name, |k| metadata(md, k));
         let who = caller(r.extensions());
-        let r = r.into_inner();
-        self.permit(&who, Scope::Infer, Target::Model(&r.model_name))?;
-        let (answer, timing) = Self::infer(&self.core, r, deadline, key.as_deref())
-            .await
-            .map_err(status)?;
-        let mut answer = Response::new(answer);
-        if let Ok(v) = kiln_protocol::server_timing(&timing).parse() {
-            answer.extensions_mut().insert(TrailingTiming(v));
+        let (id, answer) = self
+            .infer_traced(scope, &who, r.into_inner(), &call, given.as_deref())
+            .await;
+        match answer {
+            Ok(a) => {
+                let mut answer = Response::new(a.response);
+                tag(answer.metadata_mut(), &id);
+                if let Ok(v) = kiln_protocol::server_timing(&a.timing).parse() {
+                    answer.extensions_mut().insert(TrailingTiming(v));
+                }
+                Ok(answer)
+            }
+            Err(e) => {
+                let mut s = status(e);
+                tag(s.metadata_mut(), &id);
+                Err(s)
+            }
         }
-        Ok(answer)
     }
 
     type ModelStreamInferStream = StreamResult;
@@ -281,41 +386,66 @@ impl GrpcInferenceService for InferenceService {
         // A stream's deadline bounds every request in it.
         let ends = deadline(r.metadata()).map(|d| std::time::Instant::now() + d);
         let key = routing_key(r.metadata());
+        // A stream's `traceparent` makes each of its requests a span of the
+        // caller's trace; a request id is each request's own.
+        let traceparent = metadata(r.metadata(), "traceparent").map(str::to_string);
+        let tracestate = metadata(r.metadata(), "tracestate").map(str::to_string);
         let who = caller(r.extensions());
         let out = r
             .into_inner()
             .map(move |item| {
                 let service = service.clone();
-                let key = key.clone();
+                let call = Call {
+                    // Each request gets what is left of the stream's deadline.
+                    deadline: ends.map(|e| e.saturating_duration_since(std::time::Instant::now())),
+                    routing_key: key.clone(),
+                };
                 let who = who.clone();
+                let (traceparent, tracestate) = (traceparent.clone(), tracestate.clone());
                 async move {
                     let req = match item {
                         Ok(req) => req,
                         // The stream itself broke (e.g. a message over the size limit): end it with that status.
                         Err(s) => return Err(s),
                     };
-                    // Each request names its model, and counts against the rate.
-                    if let Err(e) =
-                        service
-                            .access
-                            .permit(&who, Scope::Infer, Target::Model(&req.model_name))
-                    {
-                        return Ok(ModelStreamInferResponse {
-                            error_message: e.message,
-                            infer_response: None,
+                    let scope = service
+                        .telemetry
+                        .begin("grpc", &req.model_name, |k| match k {
+                            "traceparent" => traceparent.as_deref(),
+                            "tracestate" => tracestate.as_deref(),
+                            _ => None,
                         });
-                    }
-                    let core = &service.core;
-                    // Errors of one request travel in the stream; the stream goes on.
-                    let left = ends.map(|e| e.saturating_duration_since(std::time::Instant::now()));
-                    Ok(match Self::infer(core, req, left, key.as_deref()).await {
-                        Ok((resp, _)) => ModelStreamInferResponse {
-                            error_message: String::new(),
-                            infer_response: Some(resp),
-                        },
+                    let model_name = req.model_name.clone();
+                    // Each request names its model and counts against the rate;
+                    // errors of one request travel in the stream, which goes on.
+                    let (id, answer) = service.infer_traced(scope, &who, req, &call, None).await;
+                    Ok(match answer {
+                        Ok(mut a) => {
+                            // A stream has no trailers per answer: the timing
+                            // travels as a parameter of the response.
+                            a.response.parameters.insert(
+                                kiln_protocol::SERVER_TIMING.into(),
+                                InferParameter {
+                                    parameter_choice: Some(
+                                        infer_parameter::ParameterChoice::StringParam(
+                                            kiln_protocol::server_timing(&a.timing),
+                                        ),
+                                    ),
+                                },
+                            );
+                            ModelStreamInferResponse {
+                                error_message: String::new(),
+                                infer_response: Some(a.response),
+                            }
+                        }
                         Err(e) => ModelStreamInferResponse {
                             error_message: e.message,
-                            infer_response: None,
+                            // Names the request the error is for.
+                            infer_response: Some(ModelInferResponse {
+                                model_name,
+                                id,
+                                ..Default::default()
+                            }),
                         },
                     })
                 }

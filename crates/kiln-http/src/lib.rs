@@ -19,8 +19,10 @@ use caller::Who;
 use kiln_access::{Access, Scope, Target};
 use kiln_core::budget::Charge;
 use kiln_core::{Core, ErrorKind, KilnError};
+use kiln_telemetry::{Finished, RequestScope, Telemetry, REQUEST_ID_HEADER};
 use serde_json::json;
 use std::sync::Arc;
+use tracing::Instrument;
 
 pub use codec::HEADER_LENGTH;
 
@@ -37,6 +39,8 @@ pub struct HttpOptions {
     pub metrics: Option<MetricsRender>,
     /// Who may call what.
     pub access: Arc<Access>,
+    /// Traces, request ids and access logs of inference requests.
+    pub telemetry: Arc<Telemetry>,
 }
 
 #[derive(Clone)]
@@ -65,8 +69,19 @@ impl From<KilnError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        self.answer(None)
+    }
+}
+
+impl ApiError {
+    /// The error's answer; an inference request's also names its request id.
+    fn answer(self, request_id: Option<&str>) -> Response {
         let status = status(Answer::Failed(self.0.kind));
-        let mut resp = (status, Json(json!({ "error": self.0.message }))).into_response();
+        let body = match request_id {
+            None => json!({ "error": self.0.message }),
+            Some(id) => json!({ "error": self.0.message, "id": id }),
+        };
+        let mut resp = (status, Json(body)).into_response();
         match self.0.kind {
             ErrorKind::RateLimited { retry_after_secs } => {
                 resp.headers_mut()
@@ -452,9 +467,8 @@ async fn infer(
     Path(model): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
-    s.permit(&who, Scope::Infer, Target::Model(&model))?;
-    infer_for(s, model, None, headers, body).await
+) -> Response {
+    infer_traced(s, who, model, None, headers, body).await
 }
 
 async fn infer_v(
@@ -463,9 +477,66 @@ async fn infer_v(
     Path((model, version)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
-    s.permit(&who, Scope::Infer, Target::Model(&model))?;
-    infer_for(s, model, Some(version), headers, body).await
+) -> Response {
+    infer_traced(s, who, model, Some(version), headers, body).await
+}
+
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// An inference request in its span, answered with its request id (in the
+/// body's `id`, an error's body and the `x-request-id` header), its
+/// telemetry finished.
+async fn infer_traced(
+    s: AppState,
+    who: Who,
+    model: String,
+    version: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let scope = s
+        .opts
+        .telemetry
+        .begin("http", &model, |k| header(&headers, k));
+    let mut request_id = None;
+    let answer = async {
+        s.permit(&who, Scope::Infer, Target::Model(&model))?;
+        infer_for(
+            &s,
+            &scope,
+            model.clone(),
+            version,
+            &headers,
+            body,
+            &mut request_id,
+        )
+        .await
+    }
+    .instrument(scope.span().clone())
+    .await;
+    let id = request_id
+        .unwrap_or_else(|| kiln_telemetry::request_id(header(&headers, REQUEST_ID_HEADER)));
+    let (mut response, done) = match answer {
+        Ok((r, v, b)) => (r, Ok((v, b))),
+        Err(e) => {
+            let message = e.0.message.clone();
+            (e.answer(Some(&id)), Err(message))
+        }
+    };
+    scope.finish(&Finished {
+        request_id: &id,
+        model: &model,
+        version: done.as_ref().ok().map(|d| d.0),
+        batch_size: done.as_ref().ok().map(|d| d.1),
+        status: response.status().as_str(),
+        error: done.as_ref().err().map(String::as_str),
+    });
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    response
 }
 
 /// Decodes a body; while both are held, the charge covers the body and its
@@ -485,13 +556,18 @@ fn decode(
     Ok((decoded, charge))
 }
 
+/// Reads, decodes, runs and encodes an inference request; `request_id` is
+/// set once the body is decoded. Answers the response, and the version and
+/// batch size that served it.
 async fn infer_for(
-    s: AppState,
+    s: &AppState,
+    scope: &RequestScope,
     model: String,
     version: Option<String>,
-    headers: HeaderMap,
+    headers: &HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
+    request_id: &mut Option<String>,
+) -> Result<(Response, u64, usize), ApiError> {
     let header_len = match headers.get(HEADER_LENGTH) {
         None => None,
         Some(v) => Some(
@@ -505,21 +581,34 @@ async fn infer_for(
     };
     let read = body::read(
         body,
-        &headers,
+        headers,
         s.opts.max_body_bytes,
         s.opts.body_read_timeout,
         s.core.budget(),
     )
     .await?;
+    let span = scope.decode();
     let (mut decoded, _charge) = if read.bytes.len() <= kiln_protocol::INLINE_DECODE_BYTES {
-        decode(model, version, read, header_len)?
+        span.in_scope(|| decode(model, version, read, header_len))?
     } else {
         s.core
             .compute("request decoder", move || {
-                decode(model, version, read, header_len)
+                span.in_scope(|| decode(model, version, read, header_len))
             })
             .await??
     };
+    let id = kiln_telemetry::request_id(
+        decoded
+            .request
+            .id
+            .as_deref()
+            .or_else(|| header(headers, REQUEST_ID_HEADER)),
+    );
+    decoded.request.id = Some(id.clone());
+    *request_id = Some(id);
+    if scope.traced() {
+        decoded.request.trace = Some(scope.span().clone());
+    }
     if decoded.request.routing_key.is_none() {
         decoded.request.routing_key = headers
             .get(kiln_protocol::ROUTING_KEY_HEADER)
@@ -529,7 +618,10 @@ async fn infer_for(
     }
     let resp = s.core.infer(decoded.request).await?;
     let timing = kiln_protocol::server_timing(&resp.timing);
-    let encoded = codec::encode_response(resp, &decoded.binary)?;
+    let (version, batch_size) = (resp.version.0, resp.batch_size);
+    let encoded = scope
+        .encode()
+        .in_scope(|| codec::encode_response(resp, &decoded.binary))?;
     let mut response = Response::new(Body::from(encoded.body));
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&timing) {
@@ -550,7 +642,7 @@ async fn infer_for(
             );
         }
     }
-    Ok(response)
+    Ok((response, version, batch_size))
 }
 
 async fn metrics(State(s): State<AppState>, who: Who) -> Result<Response, ApiError> {

@@ -204,6 +204,51 @@ pub struct Args {
     /// as JSON, one object per line: timestamp, level, target, message and the event's fields.
     #[arg(long, env = "KILN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// An access log line per inference request (request id, protocol, model, version,
+    /// status, duration), for this fraction of requests; the flag alone logs every one.
+    #[arg(long, env = "KILN_LOG_REQUESTS", default_value_t = 0.0, num_args = 0..=1,
+          default_missing_value = "1", value_parser = ratio)]
+    pub log_requests: f64,
+
+    /// Send traces to this OpenTelemetry collector (its base URL, http://host:port;
+    /// OTEL_EXPORTER_OTLP_ENDPOINT when unset). No endpoint: no traces.
+    #[arg(long, env = "KILN_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// OTLP transport: grpc (port 4317) or http/protobuf (port 4318, path /v1/traces);
+    /// OTEL_EXPORTER_OTLP_PROTOCOL when unset, else grpc.
+    #[arg(long, env = "KILN_OTLP_PROTOCOL", value_enum)]
+    pub otlp_protocol: Option<OtlpProtocol>,
+
+    /// Fraction of requests traced when the caller's traceparent does not decide
+    /// (a sampled parent is always followed, an unsampled one never).
+    #[arg(long, env = "KILN_TRACE_SAMPLE_RATIO", default_value_t = 0.01, value_parser = ratio)]
+    pub trace_sample_ratio: f64,
+
+    /// Ended spans waiting for export; more are dropped (and counted) rather than
+    /// delay requests when the collector is slow or down.
+    #[arg(long, env = "KILN_TRACE_QUEUE_SIZE", default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..))]
+    pub trace_queue_size: u32,
+
+    /// Most spans in one export.
+    #[arg(long, env = "KILN_TRACE_BATCH_SIZE", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub trace_batch_size: u32,
+
+    /// Milliseconds the first span of an export waits for others.
+    #[arg(long, env = "KILN_TRACE_EXPORT_DELAY_MS", default_value_t = 500)]
+    pub trace_export_delay_ms: u64,
+
+    /// Seconds one export may take; a batch the collector does not take in time is dropped.
+    #[arg(long, env = "KILN_TRACE_EXPORT_TIMEOUT_SECS", default_value_t = 10.0, value_parser = positive_secs)]
+    pub trace_export_timeout_secs: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OtlpProtocol {
+    Grpc,
+    #[value(name = "http/protobuf")]
+    HttpProtobuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -237,6 +282,15 @@ fn non_negative_secs(s: &str) -> Result<f64, String> {
         Ok(v)
     } else {
         Err(format!("{s} is not between 0 and 86400 seconds"))
+    }
+}
+
+fn ratio(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{s} is not between 0 and 1"))
     }
 }
 

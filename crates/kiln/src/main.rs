@@ -7,6 +7,7 @@ mod gpu_metrics;
 mod limits;
 mod listen;
 mod serve_http;
+mod telemetry;
 mod tls;
 
 use anyhow::Context;
@@ -27,21 +28,23 @@ use tokio::sync::watch;
 
 fn main() -> anyhow::Result<()> {
     let args = cli::Args::parse();
-    init_logging(args.log_verbose, args.log_format);
     // ONNX Runtime 1.31 sends usage telemetry unless told not to, and a server
     // must not phone home. Set while the process has a single thread (set
     // ORT_DISABLE_TELEMETRY=0 to let it).
     if std::env::var_os("ORT_DISABLE_TELEMETRY").is_none() {
         std::env::set_var("ORT_DISABLE_TELEMETRY", "1");
     }
+    let (installed, telemetry) = telemetry::install(&args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("kiln-io")
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(run(args));
+    let result = runtime.block_on(run(args, telemetry));
     // A model load still running on a blocking thread must not hold the exit up.
     runtime.shutdown_timeout(Duration::from_secs(1));
+    // Spans still queued go out, unless the collector keeps them waiting.
+    installed.shutdown(Duration::from_secs(2));
     result
 }
 
@@ -59,33 +62,7 @@ fn inflight_budget(args: &cli::Args) -> Option<usize> {
     Some(bytes)
 }
 
-fn init_logging(verbose: u8, format: cli::LogFormat) {
-    let default = match verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!(
-            "{default},h2=info,hyper=info,tower=info,tract=warn,ort=warn"
-        ))
-    });
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        // Escapes only where a person reads them: a file or a container log
-        // would keep them as noise.
-        cli::LogFormat::Text => {
-            use std::io::IsTerminal;
-            let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-            logs.with_ansi(colour).init()
-        }
-        cli::LogFormat::Json => logs.json().flatten_event(true).init(),
-    }
-}
-
-async fn run(args: cli::Args) -> anyhow::Result<()> {
+async fn run(args: cli::Args, telemetry: Arc<kiln_telemetry::Telemetry>) -> anyhow::Result<()> {
     // Each connection holds a descriptor: take all the system allows us.
     let open_files = match limits::raise_open_files() {
         Ok((before, after)) => {
@@ -222,6 +199,7 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
                 body_read_timeout: Duration::from_secs_f64(args.http_body_read_timeout_secs),
                 metrics: metrics_here.then(|| render.clone()),
                 access: access.clone(),
+                telemetry: telemetry.clone(),
             },
         );
         let incoming = secure(listener, http_limits, on(tls::Listener::Http), "HTTP");
@@ -248,8 +226,9 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen for gRPC on {addr}"))?;
         tracing::info!("gRPC listening on {}", listener.local_addr()?);
-        let service = kiln_grpc::InferenceService::new(core.clone(), access.clone())
-            .into_server(args.grpc_max_message_bytes);
+        let service =
+            kiln_grpc::InferenceService::new(core.clone(), access.clone(), telemetry.clone())
+                .into_server(args.grpc_max_message_bytes);
         let incoming = secure(
             listener,
             listen::ConnLimits {

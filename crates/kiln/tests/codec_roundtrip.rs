@@ -121,6 +121,7 @@ fn response(t: &Tensor) -> InferResponse {
             tensor: t.clone(),
         }],
         timing: Default::default(),
+        batch_size: 1,
     }
 }
 

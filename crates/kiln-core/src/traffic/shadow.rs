@@ -29,7 +29,10 @@ pub(crate) async fn run(
         &[],
     ) {
         Err(_) => Outcome::Invalid,
-        Ok(valid) => match sh.scheduler.submit(valid.inputs, valid.batch_size, None) {
+        Ok(valid) => match sh
+            .scheduler
+            .submit(valid.inputs, valid.batch_size, None, None)
+        {
             Err(_) => Outcome::Rejected,
             Ok(rx) => match rx.await {
                 Ok(Computed {

@@ -266,6 +266,7 @@ pub fn decode_request(
             outputs,
             timeout,
             routing_key,
+            trace: None,
         },
         binary: choice,
     })

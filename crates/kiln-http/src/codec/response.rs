@@ -133,6 +133,7 @@ mod tests {
                 },
             ],
             timing: Default::default(),
+            batch_size: 1,
         };
         let json_only = BinaryChoice {
             default: false,
