@@ -1,5 +1,6 @@
 """Starts the real kiln binary for the Python client tests."""
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -112,6 +113,20 @@ class Kiln:
         if key:
             c.register_plugin(Bearer(key))
         return c
+
+    def json_log(self):
+        """The log's JSON lines (with --log-format json), parsed."""
+        return [json.loads(l) for l in list(self.log) if l.startswith("{")]
+
+    def wait_for_log(self, match, timeout=5.0):
+        """The first JSON log line for which `match` holds (waiting for it)."""
+        deadline = time.time() + timeout
+        while True:
+            found = [v for v in self.json_log() if match(v)]
+            if found or time.time() > deadline:
+                assert found, "no such log line"
+                return found[0]
+            time.sleep(0.05)
 
     def backend_of(self, model):
         text = "".join(self.log)

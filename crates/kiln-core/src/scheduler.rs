@@ -411,7 +411,7 @@ fn execute(sh: &Shared, backend: &dyn Backend, mut batch: Vec<Job>) {
         total_rows,
         batch.len(),
     );
-    let _computing = compute_span.enter();
+    let computing = compute_span.enter();
     let single = batch.len() == 1;
     // A lone request's inputs go to the backend as they are; a batch's are joined.
     let inputs: Result<Vec<Tensor>, String> = if single {
@@ -455,6 +455,9 @@ fn execute(sh: &Shared, backend: &dyn Backend, mut batch: Vec<Job>) {
         infer: t_infer,
         output: split_at.elapsed(),
     };
+    // The compute span ends before any request is answered (and its span ends).
+    drop(computing);
+    drop(compute_span);
     sh.stats.record_execution(total_rows, &compute);
     sh.metrics.executions.increment(1);
     sh.metrics.batch_size.record(total_rows as f64);

@@ -389,9 +389,51 @@ async fn bad_requests_get_status_codes_and_streams_carry_errors() {
         "{}",
         second.error_message
     );
+    // The error names the request it is for.
+    assert_eq!(second.infer_response.unwrap().id.len(), 32);
     let third = stream.message().await.unwrap().unwrap();
-    assert_eq!(third.infer_response.unwrap().outputs[0].shape, vec![3, 4]);
+    let third = third.infer_response.unwrap();
+    assert_eq!(third.outputs[0].shape, vec![3, 4]);
+    // A stream has no trailers per answer: its timing is a parameter.
+    let timing = match &third.parameters["server-timing"].parameter_choice {
+        Some(infer_parameter::ParameterChoice::StringParam(t)) => t.clone(),
+        other => panic!("{other:?}"),
+    };
+    common::server_timing(&timing);
     assert!(stream.message().await.unwrap().is_none());
+
+    // A request's id: its `id`, else x-request-id metadata, else a new one;
+    // echoed in the answer, its metadata, and an error's metadata.
+    let with_header = |mut r: ModelInferRequest, id: &str| {
+        r.id = String::new();
+        let mut req = tonic::Request::new(r);
+        req.metadata_mut()
+            .insert("x-request-id", id.parse().unwrap());
+        req
+    };
+    let resp = c
+        .model_infer(with_header(mlp_request(1), "meta-1"))
+        .await
+        .unwrap();
+    assert_eq!(resp.metadata().get("x-request-id").unwrap(), "meta-1");
+    assert_eq!(resp.into_inner().id, "meta-1");
+    let mut own = mlp_request(1);
+    own.id = "own-1".into();
+    let resp = c.model_infer(own).await.unwrap();
+    assert_eq!(resp.metadata().get("x-request-id").unwrap(), "own-1");
+    assert_eq!(resp.into_inner().id, "own-1");
+    let mut plain = mlp_request(1);
+    plain.id = String::new();
+    let id = c.model_infer(plain).await.unwrap().into_inner().id;
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
+    let mut bad = mlp_request(1);
+    bad.inputs[0].name = "X".into();
+    let e = c.model_infer(with_header(bad, "meta-2")).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(e.metadata().get("x-request-id").unwrap(), "meta-2");
 }
 
 fn tokio_stream_iter(

@@ -13,6 +13,54 @@ fn mlp_input(batch: usize) -> Value {
     json!({"inputs": [{"name": "INPUT0", "shape": [batch, 16], "datatype": "FP32", "data": data}]})
 }
 
+/// A request's id: the body's `id`, else `x-request-id`, else a new one; echoed
+/// in the answer's `id` and header, and in an error's body.
+#[test]
+fn request_ids_round_trip() {
+    let s = start("tests/models", &[]);
+    let infer = |body: &Value, id: Option<&str>| {
+        let mut headers = vec![("Content-Type", "application/json".to_string())];
+        headers.extend(id.map(|i| ("x-request-id", i.to_string())));
+        http(
+            s.http,
+            "POST",
+            "/v2/models/mlp_tiny/infer",
+            &headers,
+            body.to_string().as_bytes(),
+        )
+    };
+    let mut with_id = mlp_input(1);
+    with_id["id"] = json!("body-1");
+    for (body, header, want) in [
+        (&with_id, Some("header-1"), Some("body-1")),
+        (&mlp_input(1), Some("header-2"), Some("header-2")),
+        (&mlp_input(1), None, None),
+    ] {
+        let r = infer(body, header);
+        assert_eq!(r.status, 200);
+        let id = r.json()["id"].as_str().expect("an id").to_string();
+        assert_eq!(r.header("x-request-id"), Some(id.as_str()));
+        match want {
+            Some(w) => assert_eq!(id, w),
+            None => assert!(
+                id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{id}"
+            ),
+        }
+    }
+    let mut bad = mlp_input(1);
+    bad["inputs"][0]["name"] = json!("NOPE");
+    let r = infer(&bad, Some("header-3"));
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["id"], "header-3", "{:?}", r.json());
+    assert!(r.error().contains("no input 'NOPE'"));
+    assert_eq!(r.header("x-request-id"), Some("header-3"));
+    // Refused before the body is decoded: the header's id, else a new one.
+    let r = http(s.http, "POST", "/v2/models/nope/infer", &[], b"{");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["id"].as_str(), r.header("x-request-id"));
+}
+
 #[test]
 fn health_metadata_config_and_index() {
     let s = start("tests/models", &[]);
