@@ -4,7 +4,12 @@ definitions (the opentelemetry-proto package). No OpenTelemetry Collector
 binary can be installed from the package registries here.
 
 `stall`: seconds each export is held before it is answered (a collector that
-has stopped keeping up)."""
+has stopped keeping up).
+
+Run alone (benches/tracing_ab.sh does), it serves OTLP/gRPC on a given port
+until killed, answering each export without decoding it (so that on a small
+machine its own CPU does not weigh on the server measured):
+    python tests/python/otlp_receiver.py PORT [STALL_SECONDS]"""
 import http.server
 import threading
 import time
@@ -118,3 +123,32 @@ class Receiver:
     def stop(self):
         self._grpc.stop(0)
         self._http.shutdown()
+
+
+def serve_undecoded(port, stall=0.0):
+    """OTLP/gRPC on `port` that takes each export as bytes and answers an empty
+    ExportTraceServiceResponse (which encodes as no bytes)."""
+    def export(request, context):
+        if stall:
+            time.sleep(stall)
+        return b""
+
+    handler = grpc.method_handlers_generic_handler(
+        "opentelemetry.proto.collector.trace.v1.TraceService",
+        {"Export": grpc.unary_unary_rpc_method_handler(export)})
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    return server
+
+
+if __name__ == "__main__":
+    import sys
+
+    server = serve_undecoded(int(sys.argv[1]), float(sys.argv[2]) if len(sys.argv) > 2 else 0.0)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass

@@ -10,17 +10,22 @@
 //! own batch processor would do the same but count nothing that an operator
 //! can see.
 //!
-//! The exporter runs on a single-threaded tokio runtime on that thread (tonic
-//! and hyper need one), apart from the runtime that serves requests.
+//! The thread wakes every `delay`, or as soon as a batch's worth of spans is
+//! queued, and sends all that is queued: not once per span, since a thread
+//! woken per span costs more than the span (a futex wake and a context switch
+//! for each, measured in benches/README.md). The exporter runs on a
+//! single-threaded tokio runtime on that thread (tonic and hyper need one),
+//! apart from the runtime that serves requests.
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use opentelemetry::Context;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
 use opentelemetry_sdk::Resource;
-use std::sync::Mutex;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{JoinHandle, Thread};
+use std::time::Duration;
 
 pub const SPANS_EXPORTED: &str = "kiln_trace_spans_exported_total";
 pub const SPANS_DROPPED: &str = "kiln_trace_spans_dropped_total";
@@ -59,6 +64,11 @@ enum Message {
 #[derive(Debug)]
 pub struct BoundedExport {
     queue: Sender<Message>,
+    /// The export thread, to wake when a batch is ready.
+    exporter: Thread,
+    /// Whether it has been woken since it last looked at the queue.
+    woken: Arc<AtomicBool>,
+    batch: usize,
     thread: Mutex<Option<JoinHandle<()>>>,
     timeout: Duration,
 }
@@ -71,6 +81,8 @@ impl BoundedExport {
         F: FnOnce() -> Result<E, String> + Send + 'static,
     {
         let (queue, rx) = crossbeam_channel::bounded(cfg.queue.max(1));
+        let woken = Arc::new(AtomicBool::new(false));
+        let awake = woken.clone();
         let thread = std::thread::Builder::new()
             .name("kiln-trace-export".into())
             .spawn(move || {
@@ -94,13 +106,23 @@ impl BoundedExport {
                         }
                     }
                 };
-                send_batches(&rt, exporter, &rx, cfg);
+                send_batches(&rt, exporter, &rx, &awake, cfg);
             })?;
         Ok(BoundedExport {
             queue,
+            exporter: thread.thread().clone(),
+            woken,
+            batch: cfg.batch.max(1),
             thread: Mutex::new(Some(thread)),
             timeout: cfg.timeout,
         })
+    }
+
+    /// Wakes the export thread (once until it next looks at the queue).
+    fn wake(&self) {
+        if !self.woken.swap(true, Ordering::AcqRel) {
+            self.exporter.unpark();
+        }
     }
 
     fn flush(&self, wait: Duration) -> OTelSdkResult {
@@ -108,6 +130,7 @@ impl BoundedExport {
         self.queue
             .send_timeout(Message::Flush(done), wait)
             .map_err(|_| OTelSdkError::Timeout(wait))?;
+        self.wake();
         answered
             .recv_timeout(wait)
             .map_err(|_| OTelSdkError::Timeout(wait))
@@ -119,7 +142,11 @@ impl SpanProcessor for BoundedExport {
 
     fn on_end(&self, span: SpanData) {
         match self.queue.try_send(Message::Span(Box::new(span))) {
-            Ok(()) => {}
+            Ok(()) => {
+                if self.queue.len() >= self.batch {
+                    self.wake();
+                }
+            }
             Err(TrySendError::Full(_)) => {
                 metrics::counter!(SPANS_DROPPED, "reason" => "queue_full").increment(1)
             }
@@ -146,46 +173,42 @@ impl SpanProcessor for BoundedExport {
     }
 }
 
-/// The export thread's loop: collects up to a batch (or until the first span
-/// has waited `delay`) and sends it; ends when the processor is gone.
+/// The export thread's loop: at each wake-up (a tick of `delay`, or a full
+/// batch queued) sends what is queued, in batches; ends when the processor is
+/// gone.
 fn send_batches<E: SpanExporter>(
     rt: &tokio::runtime::Runtime,
     mut exporter: E,
     rx: &Receiver<Message>,
+    woken: &AtomicBool,
     cfg: Batching,
 ) {
     let mut batch: Vec<SpanData> = Vec::with_capacity(cfg.batch);
-    let mut first_at: Option<Instant> = None;
     loop {
-        let next = match first_at {
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some(t) => rx.recv_deadline(t + cfg.delay),
-        };
-        match next {
-            Ok(Message::Span(span)) => {
-                first_at.get_or_insert_with(Instant::now);
-                batch.push(*span);
-                if batch.len() >= cfg.batch {
+        std::thread::park_timeout(cfg.delay);
+        woken.store(false, Ordering::Release);
+        loop {
+            match rx.try_recv() {
+                Ok(Message::Span(span)) => {
+                    batch.push(*span);
+                    if batch.len() >= cfg.batch {
+                        export(rt, &exporter, &mut batch, cfg.timeout);
+                    }
+                }
+                Ok(Message::Resource(r)) => exporter.set_resource(&r),
+                Ok(Message::Flush(done)) => {
                     export(rt, &exporter, &mut batch, cfg.timeout);
-                    first_at = None;
+                    let _ = done.send(());
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    export(rt, &exporter, &mut batch, cfg.timeout);
+                    let _ = exporter.shutdown_with_timeout(cfg.timeout);
+                    return;
                 }
             }
-            Ok(Message::Resource(r)) => exporter.set_resource(&r),
-            Ok(Message::Flush(done)) => {
-                export(rt, &exporter, &mut batch, cfg.timeout);
-                first_at = None;
-                let _ = done.send(());
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                export(rt, &exporter, &mut batch, cfg.timeout);
-                first_at = None;
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                export(rt, &exporter, &mut batch, cfg.timeout);
-                let _ = exporter.shutdown_with_timeout(cfg.timeout);
-                return;
-            }
         }
+        export(rt, &exporter, &mut batch, cfg.timeout);
     }
 }
 

@@ -35,17 +35,22 @@ where
         obj.insert("target".into(), Value::String(meta.target().to_string()));
         let mut fields = Fields(&mut obj);
         event.record(&mut fields);
-        if let Some(span) = ctx.event_scope().and_then(|mut s| s.next()) {
-            obj.insert("span".into(), Value::String(span.name().to_string()));
-            let cx = tracing::dispatcher::get_default(|d| {
-                tracing_opentelemetry::get_otel_context(&span.id(), d)
-            });
-            if let Some(cx) = cx {
-                let sc = cx.span().span_context().clone();
-                if sc.is_valid() {
-                    obj.insert("trace_id".into(), Value::String(sc.trace_id().to_string()));
-                    obj.insert("span_id".into(), Value::String(sc.span_id().to_string()));
-                }
+        // The event's span as the registry knows it, not as this layer's
+        // filter sees it: the log layer does not record Kiln's request spans.
+        let _ = ctx;
+        let cx = tracing::dispatcher::get_default(|d| {
+            let id = match event.parent() {
+                Some(id) => Some(id.clone()),
+                None if event.is_contextual() => d.current_span().id().cloned(),
+                None => None,
+            };
+            id.and_then(|id| tracing_opentelemetry::get_otel_context(&id, d))
+        });
+        if let Some(cx) = cx {
+            let sc = cx.span().span_context().clone();
+            if sc.is_valid() {
+                obj.insert("trace_id".into(), Value::String(sc.trace_id().to_string()));
+                obj.insert("span_id".into(), Value::String(sc.span_id().to_string()));
             }
         }
         let line = serde_json::to_string(&obj).map_err(|_| fmt::Error)?;

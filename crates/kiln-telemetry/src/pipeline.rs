@@ -3,6 +3,7 @@
 
 use crate::export::{self, Batching, BoundedExport};
 use crate::json_log::JsonWithTrace;
+use kiln_core::trace::TARGET;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::KeyValue;
 use opentelemetry_otlp::WithExportConfig;
@@ -78,13 +79,19 @@ impl Installed {
 /// Installs the global subscriber.
 pub fn install(logs: Logs, traces: Option<Traces>) -> Result<Installed, PipelineError> {
     export::describe_metrics();
+    // The log layer leaves Kiln's request spans alone (what it would record
+    // of them, per request, nobody reads); a JSON line finds its span's trace
+    // ids without it.
+    // (A directive, not a predicate: the filter's decision per call site is
+    // then cached, rather than asked again at every event of every library.)
+    let filter = match format!("{TARGET}=off").parse() {
+        Ok(d) => logs.filter.add_directive(d),
+        Err(_) => logs.filter,
+    };
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = match logs.format {
-        LogFormat::Text => fmt.with_ansi(logs.colour).with_filter(logs.filter).boxed(),
-        LogFormat::Json => fmt
-            .event_format(JsonWithTrace)
-            .with_filter(logs.filter)
-            .boxed(),
+        LogFormat::Text => fmt.with_ansi(logs.colour).with_filter(filter).boxed(),
+        LogFormat::Json => fmt.event_format(JsonWithTrace).with_filter(filter).boxed(),
     };
     let provider = traces.map(provider).transpose()?;
     // Only Kiln's request spans become OpenTelemetry spans: not the events,
@@ -95,10 +102,10 @@ pub fn install(logs: Logs, traces: Option<Traces>) -> Result<Installed, Pipeline
             .with_location(false)
             .with_threads(false)
             .with_target(false)
+            // Nothing else in the process reads OpenTelemetry's current context.
+            .with_context_activation(false)
             .with_tracked_inactivity(false)
-            .with_filter(
-                Targets::new().with_target(kiln_core::trace::TARGET, tracing::Level::TRACE),
-            )
+            .with_filter(Targets::new().with_target(TARGET, tracing::Level::TRACE))
     });
     tracing_subscriber::registry()
         .with(fmt)
