@@ -1,6 +1,6 @@
 //! What the access control costs a request, in-process: identifying a caller by
-//! its bearer key (SHA-256, then a constant-time comparison with every stored
-//! hash) or by its certificate's subject, then permitting it (scope, model
+//! its bearer key (SHA-256, looked up among the stored hashes and the match
+//! confirmed in constant time) or by its certificate's subject, then permitting it (scope, model
 //! list, rate bucket), with 1 and 100 keys in the file.
 //!   cargo bench -p kiln-access --bench access
 

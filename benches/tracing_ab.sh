@@ -5,8 +5,9 @@
 #   r0           traces to a live collector, --trace-sample-ratio 0 (every request is drawn, none traced)
 #   r0.01        ratio 0.01 (the default ratio)
 #   r1           ratio 1: every request traced (5 spans each) and exported
-#   down-r1      ratio 1 to a collector that is not there (every export fails; spans dropped, counted)
-#   stalled-r1   ratio 1 to a collector that holds each export for 60 s (the queue fills; dropped, counted)
+#   down-rX      ratio X to a collector that is not there (every export fails; spans dropped, counted)
+#   stalled-rX   ratio X to a collector that holds each export for 60 s (the queue fills; dropped,
+#                counted); by default X is 1 (every request's spans pile up) and 0.01 (against off)
 # The collector is tests/python/otlp_receiver.py (OTLP/gRPC, the official protobufs).
 # Each line: throughput, p50, and the server's CPU per inference (utime + stime from /proc over
 # the window, divided by the inferences its statistics extension counted; DESIGN.md's yardstick).
@@ -22,12 +23,12 @@ trap 'kill $live $stalled 2>/dev/null; rm -rf "$work"' EXIT
 echo '{"data": [{"INPUT0": [0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0,1.1,1.2,1.3,1.4,1.5,1.6]}]}' > "$work/in.json"
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 for rep in $(seq 1 "${REPS:-3}"); do
- for conf in ${CONFS:-off r0 r0.01 r1 down-r1 stalled-r1}; do
+ for conf in ${CONFS:-off r0 r0.01 r1 down-r1 stalled-r1 down-r0.01 stalled-r0.01}; do
   case $conf in
    off) flags=() ;;
    r*) flags=(--otlp-endpoint http://127.0.0.1:14317 --trace-sample-ratio "${conf#r}") ;;
-   down-r1) flags=(--otlp-endpoint http://127.0.0.1:14319 --trace-sample-ratio 1) ;;
-   stalled-r1) flags=(--otlp-endpoint http://127.0.0.1:14318 --trace-sample-ratio 1 --trace-export-timeout-secs 30) ;;
+   down-r*) flags=(--otlp-endpoint http://127.0.0.1:14319 --trace-sample-ratio "${conf#down-r}") ;;
+   stalled-r*) flags=(--otlp-endpoint http://127.0.0.1:14318 --trace-sample-ratio "${conf#stalled-r}" --trace-export-timeout-secs 30) ;;
   esac
   $BIN --model-repository models --http-address 127.0.0.1 --grpc-address 127.0.0.1 \
     --http-port 18100 --grpc-port 18101 "${flags[@]}" 2>/dev/null &

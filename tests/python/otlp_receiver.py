@@ -125,6 +125,26 @@ class Receiver:
         self._http.shutdown()
 
 
+def tree(spans, trace):
+    """One trace's spans as an indented tree with start offsets and durations (µs),
+    and the links of each span; the README's picture of a trace is one."""
+    spans = [s for s in spans if s["trace_id"] == trace]
+    ids = {s["span_id"] for s in spans}
+    t0 = min(s["start"] for s in spans)
+    lines = []
+
+    def walk(level, depth):
+        for s in sorted(level, key=lambda s: s["start"]):
+            attrs = " ".join(f"{k}={v}" for k, v in sorted(s["attributes"].items()))
+            links = f" links={len(s['links'])}" if s["links"] else ""
+            lines.append(f"{'  ' * depth}{s['name']:<{14 - 2 * depth}} +{(s['start'] - t0) // 1000:>5} µs "
+                         f"{(s['end'] - s['start']) // 1000:>5} µs  {attrs}{links}".rstrip())
+            walk([c for c in spans if c["parent"] == s["span_id"]], depth + 1)
+
+    walk([s for s in spans if s["parent"] not in ids], 0)
+    return "\n".join(lines)
+
+
 def serve_undecoded(port, stall=0.0):
     """OTLP/gRPC on `port` that takes each export as bytes and answers an empty
     ExportTraceServiceResponse (which encodes as no bytes)."""
