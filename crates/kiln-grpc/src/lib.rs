@@ -142,7 +142,10 @@ impl InferenceService {
             req.routing_key = routing_key.clone();
         }
         let id = kiln_telemetry::request_id(req.id.as_deref().or(given));
-        req.id = Some(id.clone());
+        // The answer's `id` is the client's own, whole; a new one when it gave none.
+        if req.id.is_none() {
+            req.id = Some(id.clone());
+        }
         *request_id = Some(id);
         if scope.traced() {
             req.trace = Some(scope.span().clone());
@@ -178,6 +181,9 @@ impl InferenceService {
         .instrument(scope.span().clone())
         .await;
         let id = request_id.unwrap_or_else(|| kiln_telemetry::request_id(given));
+        if !scope.records() {
+            return (id, answer);
+        }
         let code = match &answer {
             Ok(_) => tonic::Code::Ok,
             Err(e) => status(e.clone()).code(),

@@ -604,7 +604,10 @@ async fn infer_for(
             .as_deref()
             .or_else(|| header(headers, REQUEST_ID_HEADER)),
     );
-    decoded.request.id = Some(id.clone());
+    // The answer's `id` is the client's own, whole; a new one when it gave none.
+    if decoded.request.id.as_deref().is_none_or(str::is_empty) {
+        decoded.request.id = Some(id.clone());
+    }
     *request_id = Some(id);
     if scope.traced() {
         decoded.request.trace = Some(scope.span().clone());

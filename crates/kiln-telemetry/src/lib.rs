@@ -123,11 +123,23 @@ impl Telemetry {
     }
 }
 
-/// A request's id: the one its client gave (the V2 `id`, else the header),
-/// else a new one (128 random bits in hex, like a trace id).
+/// Longest request id that goes into headers, logs and spans: a client's
+/// longer id (a V2 `id` can be as long as the body) is cut there, so that one
+/// request cannot write megabytes into every log line about it.
+pub const MAX_REQUEST_ID_BYTES: usize = 256;
+
+/// A request's id: the one its client gave (the V2 `id`, else the header, at
+/// most [`MAX_REQUEST_ID_BYTES`]), else a new one (128 random bits in hex,
+/// like a trace id).
 pub fn request_id(given: Option<&str>) -> String {
     match given.filter(|g| !g.is_empty()) {
-        Some(g) => g.to_string(),
+        Some(g) => {
+            let mut end = g.len().min(MAX_REQUEST_ID_BYTES);
+            while !g.is_char_boundary(end) {
+                end -= 1;
+            }
+            g[..end].to_string()
+        }
         None => format!("{:032x}", fastrand::u128(..)),
     }
 }
@@ -163,6 +175,13 @@ impl RequestScope {
     /// Whether the request is traced.
     pub fn traced(&self) -> bool {
         !self.span.is_disabled()
+    }
+
+    /// Whether [`RequestScope::finish`] records anything (the request is
+    /// traced or drawn for an access log line): a front end need not work
+    /// out what it would be told otherwise.
+    pub fn records(&self) -> bool {
+        self.log || self.traced()
     }
 
     /// A child span for decoding the request.

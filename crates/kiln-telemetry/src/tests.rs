@@ -60,4 +60,7 @@ fn request_ids_are_the_callers_or_new() {
     assert_eq!(a.len(), 32);
     assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
     assert_ne!(a, b);
+    let long = "é".repeat(200);
+    let cut = request_id(Some(&long));
+    assert!(cut.len() <= MAX_REQUEST_ID_BYTES && long.starts_with(&cut) && !cut.is_empty());
 }
