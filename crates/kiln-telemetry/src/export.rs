@@ -23,8 +23,8 @@ use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
 use opentelemetry_sdk::Resource;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::{JoinHandle, Thread};
+use std::sync::Arc;
+use std::thread::Thread;
 use std::time::Duration;
 
 pub const SPANS_EXPORTED: &str = "kiln_trace_spans_exported_total";
@@ -69,7 +69,6 @@ pub struct BoundedExport {
     /// Whether it has been woken since it last looked at the queue.
     woken: Arc<AtomicBool>,
     batch: usize,
-    thread: Mutex<Option<JoinHandle<()>>>,
     timeout: Duration,
 }
 
@@ -110,10 +109,11 @@ impl BoundedExport {
             })?;
         Ok(BoundedExport {
             queue,
+            // The thread is detached (its handle dropped): a stalled collector
+            // must not hold up exit.
             exporter: thread.thread().clone(),
             woken,
             batch: cfg.batch.max(1),
-            thread: Mutex::new(Some(thread)),
             timeout: cfg.timeout,
         })
     }
@@ -160,11 +160,8 @@ impl SpanProcessor for BoundedExport {
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        let flushed = self.flush(timeout);
-        // The thread exits when the queue's sender goes; it is detached here
-        // rather than joined, so that a stalled collector cannot hold up exit.
-        drop(self.thread.lock().map(|mut t| t.take()));
-        flushed
+        // The thread exits when the queue's sender goes; it is never joined.
+        self.flush(timeout)
     }
 
     fn set_resource(&mut self, resource: &Resource) {

@@ -22,7 +22,7 @@ where
 {
     fn format_event(
         &self,
-        ctx: &FmtContext<'_, S, N>,
+        _ctx: &FmtContext<'_, S, N>,
         mut w: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
@@ -37,7 +37,6 @@ where
         event.record(&mut fields);
         // The event's span as the registry knows it, not as this layer's
         // filter sees it: the log layer does not record Kiln's request spans.
-        let _ = ctx;
         let cx = tracing::dispatcher::get_default(|d| {
             let id = match event.parent() {
                 Some(id) => Some(id.clone()),
