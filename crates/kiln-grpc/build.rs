@@ -2,6 +2,12 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     let fds = protox::compile(["grpc_service.proto"], [&proto_dir])?;
+    // What server reflection tells grpcurl about the V2 service.
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("inference_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
     tonic_prost_build::configure()
         // Checks an inference request's entry counts before prost decodes it.
         .codec_path("crate::codec::KilnCodec")

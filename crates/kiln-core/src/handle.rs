@@ -103,9 +103,14 @@ impl Core {
     /// not draining, and (with strict readiness) every model that was not unloaded
     /// on purpose has a serving version.
     pub fn is_ready(&self) -> bool {
-        self.inner.loaded.load(Ordering::SeqCst)
+        self.is_started()
             && !self.is_draining()
             && (!self.inner.opts.strict_readiness || self.inner.registry.all_serving())
+    }
+
+    /// The start-up load has finished (whatever it loaded).
+    pub fn is_started(&self) -> bool {
+        self.inner.loaded.load(Ordering::SeqCst)
     }
 
     /// Readiness goes false and new inference requests are refused as

@@ -1,7 +1,8 @@
 //! The model repository: where model folders are found. On disk it is
 //! `<repo>/<model>/<version>/<file>` with numeric version folders and an optional
 //! `<repo>/<model>/config.toml`; other sources (object storage, a test's memory)
-//! implement the same [`Repository`] trait.
+//! implement the same [`Repository`] trait. A repository can also be one model's
+//! folder (KServe's `/mnt/models`), served under a name given at start.
 
 use crate::config::CONFIG_FILE;
 use crate::model::Version;
@@ -17,13 +18,19 @@ pub struct ModelDir {
     pub versions: Vec<(Version, PathBuf)>,
 }
 
+/// The repository cannot be listed (a folder that cannot be read, a bucket that
+/// cannot be reached).
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read model repository {path}: {source}")]
+#[error("cannot read model repository {location}: {reason}")]
 pub struct RepositoryError {
-    pub path: PathBuf,
-    #[source]
-    pub source: std::io::Error,
+    pub location: String,
+    pub reason: String,
 }
+
+/// A version's files cannot be brought to local disk (a download that failed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FetchError(pub String);
 
 impl ModelDir {
     pub fn version_numbers(&self) -> Vec<Version> {
@@ -46,13 +53,25 @@ pub trait Repository: Send + Sync {
     /// Every model folder, sorted by name.
     fn scan(&self) -> Result<Vec<ModelDir>, RepositoryError>;
     /// One model's folder; `None` when there is none (or the name is not valid).
-    fn scan_model(&self, name: &str) -> Option<ModelDir>;
-    /// What a reload depends on: the config's bytes and every version's files.
+    fn scan_model(&self, name: &str) -> Result<Option<ModelDir>, RepositoryError>;
+    /// What a reload depends on: the config's content and every version's files,
+    /// as last scanned.
     fn fingerprint(&self, dir: &ModelDir) -> ModelPrint;
     /// The text of the model's `config.toml`; `None` when it has none.
     fn read_config(&self, dir: &ModelDir) -> Result<Option<String>, std::io::Error>;
-    /// Whether a model file exists (a version folder may lack the configured one).
-    fn has_file(&self, path: &Path) -> bool;
+    /// The local folder holding version `v`'s files as `files` lists them: the
+    /// version folder itself on disk; for a remote repository, a complete copy
+    /// downloaded into its cache (never a partial one).
+    fn fetch(&self, dir: &ModelDir, v: Version, files: &FilesPrint) -> Result<PathBuf, FetchError> {
+        let _ = files;
+        dir.version_path(v)
+            .map(Path::to_path_buf)
+            .ok_or_else(|| FetchError(format!("'{}' has no version {v}", dir.name)))
+    }
+    /// Whether a fetched model file exists (a version may lack the configured one).
+    fn has_file(&self, path: &Path) -> bool {
+        path.is_file()
+    }
     /// How a version folder counts, for messages (e.g. a marker file it must hold).
     fn version_rule(&self) -> String {
         String::new()
@@ -65,11 +84,43 @@ pub struct FsRepository {
     root: PathBuf,
     /// A version folder counts only once it holds a file of this name.
     marker: Option<String>,
+    /// The folder is this one model's (see [`Layout::SingleModel`]).
+    single: Option<String>,
+}
+
+/// How a repository's folders map to models and versions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// `<model>/<version>/<files>`, `<model>/config.toml`.
+    Models,
+    /// One model's folder, served under this name: `<version>/<files>` and
+    /// `config.toml`, or, with no numeric version folder, the files themselves
+    /// as version 1 (what KServe's storage-initializer lays at `/mnt/models`).
+    SingleModel(String),
 }
 
 impl FsRepository {
     pub fn new(root: PathBuf, marker: Option<String>) -> Self {
-        FsRepository { root, marker }
+        Self::with_layout(root, marker, Layout::Models)
+    }
+
+    pub fn with_layout(root: PathBuf, marker: Option<String>, layout: Layout) -> Self {
+        let single = match layout {
+            Layout::Models => None,
+            Layout::SingleModel(name) => Some(name),
+        };
+        FsRepository {
+            root,
+            marker,
+            single,
+        }
+    }
+
+    fn err(&self, source: std::io::Error) -> RepositoryError {
+        RepositoryError {
+            location: self.location(),
+            reason: source.to_string(),
+        }
     }
 }
 
@@ -78,10 +129,24 @@ impl Repository for FsRepository {
         self.root.display().to_string()
     }
     fn scan(&self) -> Result<Vec<ModelDir>, RepositoryError> {
-        scan(&self.root, self.marker.as_deref())
+        match &self.single {
+            None => scan(&self.root, self.marker.as_deref()),
+            Some(name) => {
+                std::fs::read_dir(&self.root).map_err(|e| self.err(e))?;
+                Ok(vec![single_model_dir(
+                    name,
+                    &self.root,
+                    self.marker.as_deref(),
+                )])
+            }
+        }
     }
-    fn scan_model(&self, name: &str) -> Option<ModelDir> {
-        scan_model(&self.root, name, self.marker.as_deref())
+    fn scan_model(&self, name: &str) -> Result<Option<ModelDir>, RepositoryError> {
+        match &self.single {
+            None => Ok(scan_model(&self.root, name, self.marker.as_deref())),
+            Some(single) if single == name => Ok(self.scan()?.pop()),
+            Some(_) => Ok(None),
+        }
     }
     fn fingerprint(&self, dir: &ModelDir) -> ModelPrint {
         model_print(dir)
@@ -112,13 +177,27 @@ pub fn valid_model_name(name: &str) -> bool {
         && name.len() <= 255
 }
 
+/// A single model's folder: its numeric version folders, or, when it has none,
+/// the folder itself as version 1.
+fn single_model_dir(name: &str, root: &Path, marker: Option<&str>) -> ModelDir {
+    let mut dir = model_dir(name.to_string(), root.to_path_buf(), marker);
+    let has_version_folders = std::fs::read_dir(root).is_ok_and(|rd| {
+        rd.flatten()
+            .any(|e| e.path().is_dir() && e.file_name().to_str().and_then(Version::parse).is_some())
+    });
+    if !has_version_folders && marker.is_none_or(|m| root.join(m).is_file()) {
+        dir.versions = vec![(Version(1), root.to_path_buf())];
+    }
+    dir
+}
+
 /// Lists the models in a repository, sorted by name. Hidden folders and plain files
 /// are ignored; folders that are not numbers are not versions. With a `marker`,
 /// a version folder counts only once it holds a file of that name.
 pub fn scan(repo: &Path, marker: Option<&str>) -> Result<Vec<ModelDir>, RepositoryError> {
-    let err = |source| RepositoryError {
-        path: repo.to_path_buf(),
-        source,
+    let err = |source: std::io::Error| RepositoryError {
+        location: repo.display().to_string(),
+        reason: source.to_string(),
     };
     let mut models = Vec::new();
     for entry in std::fs::read_dir(repo).map_err(err)? {
@@ -166,9 +245,18 @@ fn model_dir(name: String, path: PathBuf, marker: Option<&str>) -> ModelDir {
     }
 }
 
-/// Names, sizes and modification times of every file under a folder: when it
-/// changes, the folder's contents changed.
-pub type FilesPrint = Vec<(PathBuf, u64, Option<SystemTime>)>;
+/// What says a file's content changed beside its size.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Stamp {
+    /// On disk: the modification time, where the file system has one.
+    Modified(Option<SystemTime>),
+    /// In object storage: the object's ETag (or another content tag).
+    Tag(String),
+}
+
+/// Names (relative to the version folder), sizes and stamps of every file of a
+/// version: when it changes, the version's contents changed.
+pub type FilesPrint = Vec<(PathBuf, u64, Stamp)>;
 
 /// Fingerprints a version folder (files under it, to a depth of 8).
 pub fn files_print(dir: &Path) -> FilesPrint {
@@ -185,7 +273,7 @@ pub fn files_print(dir: &Path) -> FilesPrint {
                 }
             } else {
                 let rel = p.strip_prefix(base).unwrap_or(&p).to_path_buf();
-                out.push((rel, meta.len(), meta.modified().ok()));
+                out.push((rel, meta.len(), Stamp::Modified(meta.modified().ok())));
             }
         }
     }
@@ -195,8 +283,9 @@ pub fn files_print(dir: &Path) -> FilesPrint {
     out
 }
 
-/// Everything about a model folder that a reload depends on: the config file's
-/// bytes and every version folder's files.
+/// Everything about a model folder that a reload depends on: what identifies the
+/// config file's content (its bytes on disk, its tag in object storage) and every
+/// version folder's files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelPrint {
     config: Option<Vec<u8>>,
@@ -250,6 +339,38 @@ mod tests {
         assert_eq!(b.version_numbers(), [Version(2)]);
         assert!(scan_model(root, "../b", None).is_none());
         assert!(scan_model(root, "nope", None).is_none());
+    }
+
+    #[test]
+    fn a_single_model_folder_is_version_1_unless_it_has_version_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(root.join("model.onnx"), "x").unwrap();
+        std::fs::write(root.join("config.toml"), "").unwrap();
+        let single = |marker: Option<&str>| {
+            FsRepository::with_layout(
+                root.to_path_buf(),
+                marker.map(str::to_string),
+                Layout::SingleModel("digits".into()),
+            )
+        };
+        let models = single(None).scan().unwrap();
+        assert_eq!(models.len(), 1);
+        assert_eq!(models[0].name, "digits");
+        assert_eq!(models[0].versions, [(Version(1), root.to_path_buf())]);
+        assert!(single(None).scan_model("other").unwrap().is_none());
+        // A marker guards the folder itself.
+        assert!(single(Some("READY")).scan().unwrap()[0].versions.is_empty());
+        // Numeric folders are the versions, as in a repository's model folder.
+        std::fs::create_dir_all(root.join("3")).unwrap();
+        let with_versions = single(None).scan_model("digits").unwrap().unwrap();
+        assert_eq!(with_versions.version_numbers(), [Version(3)]);
+        let missing = FsRepository::with_layout(
+            root.join("nope"),
+            None,
+            Layout::SingleModel("digits".into()),
+        );
+        assert!(missing.scan().is_err());
     }
 
     #[test]

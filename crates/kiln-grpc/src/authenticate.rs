@@ -25,11 +25,11 @@ impl<S: NamedService> NamedService for Authenticate<S> {
     const NAME: &'static str = S::NAME;
 }
 
-/// What a method needs before its message is read: health checks may need
-/// nothing; every other method needs a known key.
+/// What a method needs before its message is read: health checks (V2's and
+/// grpc.health.v1's) may need nothing; every other method needs a known key.
 fn scope_of(path: &str) -> Scope {
     match path.rsplit('/').next() {
-        Some("ServerLive" | "ServerReady") => Scope::Health,
+        Some("ServerLive" | "ServerReady" | "Check" | "Watch") => Scope::Health,
         _ => Scope::Infer,
     }
 }
@@ -87,5 +87,9 @@ mod tests {
         for m in ["ModelReady", "ModelInfer", "RepositoryModelLoad", "Nope"] {
             assert_eq!(p(m), Scope::Infer);
         }
+        assert_eq!(scope_of("/grpc.health.v1.Health/Check"), Scope::Health);
+        assert_eq!(scope_of("/grpc.health.v1.Health/Watch"), Scope::Health);
+        let reflection = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
+        assert_eq!(scope_of(reflection), Scope::Infer);
     }
 }

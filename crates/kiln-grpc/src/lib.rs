@@ -8,6 +8,8 @@ mod charged_body;
 mod codec;
 pub mod contents;
 pub mod convert;
+mod health;
+pub mod reflection;
 mod views;
 #[doc(hidden)]
 pub mod wire_limits;
@@ -38,6 +40,7 @@ use tracing::Instrument;
 pub use answer_trailers::AnswerTrailers;
 use answer_trailers::TrailingTiming;
 pub use charged_body::ChargeMessages;
+pub use health::HealthService;
 pub use pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 
 /// Maps the core's error to a gRPC status: the one place this mapping lives.

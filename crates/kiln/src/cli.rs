@@ -12,9 +12,56 @@ use std::path::PathBuf;
     about = "Kiln: a model inference server speaking KServe V2 over REST and gRPC"
 )]
 pub struct Args {
-    /// Model repository: <repo>/<model>/<version>/model.onnx, with an optional <repo>/<model>/config.toml.
+    /// Model repository: <repo>/<model>/<version>/model.onnx, with an optional
+    /// <repo>/<model>/config.toml. A local folder, or an object-storage URL:
+    /// s3://bucket/prefix (also S3-compatible stores, see --storage-endpoint),
+    /// gs://bucket/prefix, az://container/prefix; downloaded into --model-cache-dir.
     #[arg(long, env = "KILN_MODEL_REPOSITORY")]
-    pub model_repository: PathBuf,
+    pub model_repository: kiln_storage::Location,
+
+    /// The repository is one model's folder (KServe's /mnt/models), served under
+    /// this name: its numeric version folders, or with none its files as version 1.
+    #[arg(long, env = "KILN_MODEL_NAME", value_parser = model_name)]
+    pub model_name: Option<String>,
+
+    /// Object storage: the local folder versions are downloaded into (default:
+    /// $TMPDIR/kiln-model-cache). Kept across restarts: an unchanged version is
+    /// not downloaded again.
+    #[arg(long, env = "KILN_MODEL_CACHE_DIR")]
+    pub model_cache_dir: Option<PathBuf>,
+
+    /// Object storage: bytes the model cache may hold; the least recently used
+    /// versions are removed to make room, and a version larger than this fails.
+    #[arg(long, env = "KILN_MODEL_CACHE_MAX_BYTES", default_value_t = 20 << 30)]
+    pub model_cache_max_bytes: u64,
+
+    /// Object storage: the store's URL, for S3-compatible stores (MinIO, Ceph:
+    /// http://host:9000) and emulators; AWS_ENDPOINT_URL is read too.
+    #[arg(long, env = "KILN_STORAGE_ENDPOINT")]
+    pub storage_endpoint: Option<String>,
+
+    /// Object storage: the region (else AWS_REGION, AWS_DEFAULT_REGION, us-east-1).
+    #[arg(long, env = "KILN_STORAGE_REGION")]
+    pub storage_region: Option<String>,
+
+    /// S3: address buckets as <bucket>.<endpoint> (virtual-hosted style) rather
+    /// than <endpoint>/<bucket> (path style, what MinIO and Ceph take).
+    #[arg(long, env = "KILN_STORAGE_VIRTUAL_HOSTED_STYLE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub storage_virtual_hosted_style: bool,
+
+    /// Object storage: seconds to wait for the store to connect, to answer a
+    /// request, or to send the next chunk of a download.
+    #[arg(long, env = "KILN_STORAGE_TIMEOUT_SECS", default_value_t = 30.0, value_parser = positive_secs)]
+    pub storage_timeout_secs: f64,
+
+    /// Object storage: tries after the first for a request or download that
+    /// failed on the way (a server error, a transfer cut short, a timeout).
+    #[arg(long, env = "KILN_STORAGE_RETRIES", default_value_t = 3)]
+    pub storage_retries: usize,
+
+    /// Object storage: files of one version downloaded at once.
+    #[arg(long, env = "KILN_STORAGE_PARALLEL_DOWNLOADS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub storage_parallel_downloads: u32,
 
     /// Address the HTTP (REST) server binds to.
     #[arg(long, env = "KILN_HTTP_ADDRESS", default_value = "0.0.0.0")]
@@ -309,6 +356,14 @@ fn positive_secs(s: &str) -> Result<f64, String> {
         Err(format!(
             "{s} is below the shortest poll interval, 0.01 seconds"
         ))
+    }
+}
+
+fn model_name(s: &str) -> Result<String, String> {
+    if kiln_core::repository::valid_model_name(s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!("'{s}' is not a valid model name"))
     }
 }
 

@@ -6,6 +6,7 @@ mod file_watch;
 mod gpu_metrics;
 mod limits;
 mod listen;
+mod repository;
 mod serve_http;
 mod telemetry;
 mod tls;
@@ -103,6 +104,7 @@ async fn run(args: cli::Args, telemetry: Arc<kiln_telemetry::Telemetry>) -> anyh
         .context("cannot install the metrics recorder")?;
     kiln_core::metrics::describe();
     kiln_access::describe_metrics();
+    kiln_storage::metrics::describe();
     start_metrics_upkeep(prometheus.clone())?;
     if args.gpu_metrics_secs > 0.0 {
         gpu_metrics::start(
@@ -136,9 +138,12 @@ async fn run(args: cli::Args, telemetry: Arc<kiln_telemetry::Telemetry>) -> anyh
         .register(Arc::new(TractFactory))
         .register(Arc::new(CandleFactory))
         .with_gpus(args.gpus.0.clone());
-    let core = Core::new(
+    let core = Core::with_repository(
         CoreOptions {
-            repository: args.model_repository.clone(),
+            repository: match &args.model_repository {
+                kiln_storage::Location::Local(path) => path.clone(),
+                kiln_storage::Location::Remote(_) => Default::default(),
+            },
             strict_readiness: args.strict_readiness,
             control_mode: args.model_control_mode.into(),
             startup_models: args.load_model.clone(),
@@ -146,6 +151,7 @@ async fn run(args: cli::Args, telemetry: Arc<kiln_telemetry::Telemetry>) -> anyh
             max_inflight_bytes: inflight_budget(&args),
         },
         backends,
+        repository::open(&args)?,
     );
 
     let access = Arc::new(access(&args, &core)?);
@@ -229,6 +235,9 @@ async fn run(args: cli::Args, telemetry: Arc<kiln_telemetry::Telemetry>) -> anyh
         let service =
             kiln_grpc::InferenceService::new(core.clone(), access.clone(), telemetry.clone())
                 .into_server(args.grpc_max_message_bytes);
+        let health = kiln_grpc::HealthService::new(core.clone(), access.clone()).into_server();
+        let (reflection, reflection_alpha) = kiln_grpc::reflection::services(&access)
+            .context("cannot set up gRPC server reflection")?;
         let incoming = secure(
             listener,
             listen::ConnLimits {
@@ -247,6 +256,9 @@ async fn run(args: cli::Args, telemetry: Arc<kiln_telemetry::Telemetry>) -> anyh
                 .max_concurrent_streams(streams)
                 .http2_keepalive_interval(keepalive)
                 .add_service(service)
+                .add_service(health)
+                .add_service(reflection)
+                .add_service(reflection_alpha)
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })

@@ -152,7 +152,9 @@ fn load_on(
                 let message = format!("cannot run on {device} ({e}), nor on the CPU: {cpu_e}");
                 match VersionError::from(cpu_e) {
                     VersionError::Runtime(_) => VersionError::Runtime(message),
-                    VersionError::Model(_) => VersionError::Model(message),
+                    VersionError::Model(_) | VersionError::Storage(_) => {
+                        VersionError::Model(message)
+                    }
                 }
             })?;
             (Device::Cpu, loaded)

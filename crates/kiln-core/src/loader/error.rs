@@ -4,6 +4,7 @@
 use crate::config::ConfigError;
 use crate::error::{quote, ErrorKind, KilnError};
 use crate::model::Version;
+use crate::repository::RepositoryError;
 
 /// Why one version did not load.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -14,6 +15,9 @@ pub enum VersionError {
     /// The runtime cannot be used here, or its compute threads cannot start.
     #[error("{0}")]
     Runtime(String),
+    /// Its files could not be brought from the repository (a failed download).
+    #[error("{0}")]
+    Storage(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +34,13 @@ pub enum LoadError {
     NotInRepository { name: String },
     #[error("model '{}' is not loaded", quote(.0))]
     NotLoaded(String),
+    /// The repository cannot be listed now (storage unreachable).
+    #[error("failed to load '{name}': {source}")]
+    Repository {
+        name: String,
+        #[source]
+        source: RepositoryError,
+    },
     /// `config.toml` (or the config given with the load) is wrong.
     #[error("failed to load '{name}': {source}")]
     Config {
@@ -64,12 +75,13 @@ impl LoadError {
             | LoadError::Config { .. }
             | LoadError::NoVersion { .. } => ErrorKind::InvalidArgument,
             LoadError::NotInRepository { .. } | LoadError::NotLoaded(_) => ErrorKind::NotFound,
+            LoadError::Repository { .. } => ErrorKind::Unavailable,
             LoadError::Versions { failures, .. } => {
-                if failures
-                    .iter()
-                    .any(|(_, e)| matches!(e, VersionError::Runtime(_)))
-                {
+                let any = |f: fn(&VersionError) -> bool| failures.iter().any(|(_, e)| f(e));
+                if any(|e| matches!(e, VersionError::Runtime(_))) {
                     ErrorKind::Internal
+                } else if any(|e| matches!(e, VersionError::Storage(_))) {
+                    ErrorKind::Unavailable
                 } else {
                     ErrorKind::InvalidArgument
                 }
@@ -106,5 +118,7 @@ mod tests {
         let runtime = versions(VersionError::Runtime("no ONNX Runtime".into()));
         assert_eq!(runtime.kind(), ErrorKind::Internal);
         assert_eq!(LoadError::NotLoaded("m".into()).kind(), ErrorKind::NotFound);
+        let storage = versions(VersionError::Storage("download failed".into()));
+        assert_eq!(storage.kind(), ErrorKind::Unavailable);
     }
 }

@@ -123,10 +123,19 @@ impl Loader {
         if !crate::repository::valid_model_name(name) {
             return Err(LoadError::InvalidName(name.to_string()));
         }
-        let Some(dir) = self.repository.scan_model(name) else {
-            return Err(LoadError::NotInRepository {
-                name: name.to_string(),
-            });
+        let dir = match self.repository.scan_model(name) {
+            Ok(Some(dir)) => dir,
+            Ok(None) => {
+                return Err(LoadError::NotInRepository {
+                    name: name.to_string(),
+                })
+            }
+            Err(source) => {
+                return Err(LoadError::Repository {
+                    name: name.to_string(),
+                    source,
+                })
+            }
         };
         let slot = self.registry.slot_or_insert(name);
         let mut record = lock(&slot.load);
@@ -215,26 +224,34 @@ impl Loader {
         let mut built: BTreeMap<Version, Arc<ModelVersion>> = BTreeMap::new();
         let mut failures: Vec<(Version, VersionError)> = Vec::new();
         for &v in &decided.load {
-            let folder = dir.version_path(v).unwrap_or(&dir.path);
-            let file = folder.join(&cfg.model_filename);
-            let result = if self.repository.has_file(&file) {
-                build(
-                    &self.backends,
-                    VersionSource {
-                        name,
-                        version: v,
-                        path: &file,
-                        config: &cfg,
-                        files: fingerprint.files(v).cloned().unwrap_or_default(),
-                    },
-                )
-            } else {
-                Err(VersionError::Model(format!(
-                    "model file {} not found",
-                    file.display()
-                )))
-            }
-            .map_err(|e| self.discreet(e));
+            let files = fingerprint.files(v).cloned().unwrap_or_default();
+            let result = self
+                .repository
+                .fetch(&dir, v, &files)
+                .map_err(|e| VersionError::Storage(e.to_string()))
+                .and_then(|folder| {
+                    let file = folder.join(&cfg.model_filename);
+                    if !self.repository.has_file(&file) {
+                        return Err(VersionError::Model(format!(
+                            "model file {} not found",
+                            dir.version_path(v)
+                                .unwrap_or(&dir.path)
+                                .join(&cfg.model_filename)
+                                .display()
+                        )));
+                    }
+                    build(
+                        &self.backends,
+                        VersionSource {
+                            name,
+                            version: v,
+                            path: &file,
+                            config: &cfg,
+                            files,
+                        },
+                    )
+                })
+                .map_err(|e| self.discreet(e));
             match result {
                 Ok(mv) => {
                     tracing::info!(
@@ -314,6 +331,7 @@ impl Loader {
         match e {
             VersionError::Model(m) => VersionError::Model(m.replace(&root, "")),
             VersionError::Runtime(m) => VersionError::Runtime(m.replace(&root, "")),
+            VersionError::Storage(m) => VersionError::Storage(m.replace(&root, "")),
         }
     }
 

@@ -3,7 +3,7 @@
 //! runtime or the binary.
 
 use kiln_core::backend::{Backend, BackendError, BackendFactory, LoadRequest};
-use kiln_core::repository::{FilesPrint, ModelDir, ModelPrint, Repository, RepositoryError};
+use kiln_core::repository::{FilesPrint, ModelDir, ModelPrint, Repository, RepositoryError, Stamp};
 use kiln_core::{Backends, ControlMode, Core, CoreOptions, DataType, InferInput, InferRequest};
 use kiln_core::{ModelSignature, Tensor, TensorSpec, Version};
 use std::collections::{BTreeMap, HashMap};
@@ -178,9 +178,9 @@ impl Repository for MemoryRepository {
         let m = self.models.lock().unwrap();
         Ok(m.iter().map(|(n, mm)| Self::dir(n, mm)).collect())
     }
-    fn scan_model(&self, name: &str) -> Option<ModelDir> {
+    fn scan_model(&self, name: &str) -> Result<Option<ModelDir>, RepositoryError> {
         let m = self.models.lock().unwrap();
-        m.get(name).map(|mm| Self::dir(name, mm))
+        Ok(m.get(name).map(|mm| Self::dir(name, mm)))
     }
     fn fingerprint(&self, dir: &ModelDir) -> ModelPrint {
         let m = self.models.lock().unwrap();
@@ -190,7 +190,8 @@ impl Repository for MemoryRepository {
                 mm.versions
                     .iter()
                     .map(|(&v, &g)| {
-                        let files: FilesPrint = vec![(PathBuf::from("model.onnx"), g, None)];
+                        let files: FilesPrint =
+                            vec![(PathBuf::from("model.onnx"), g, Stamp::Modified(None))];
                         (Version(v), files)
                     })
                     .collect()
