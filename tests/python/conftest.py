@@ -55,13 +55,15 @@ def key_entry(key_id, secret, scopes, extra=""):
 
 
 class Kiln:
-    def __init__(self, repo, extra=(), tls=None, key=None):
+    def __init__(self, repo, extra=(), tls=None, key=None, env=None, wait=True):
+        """`env`: variables to add (None: to remove); `wait`: until the start-up
+        load ends (else only until both ports listen)."""
         self.tls, self.key = tls, key
+        env = {k: v for k, v in {**os.environ, "NO_COLOR": "1", **(env or {})}.items() if v is not None}
         self.proc = subprocess.Popen(
             [KILN, "--model-repository", repo, "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1",
              "--http-port", "0", "--grpc-port", "0", *extra],
-            cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-            env={**os.environ, "NO_COLOR": "1"},
+            cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
         )
         self.log = []
         self.http = self.grpc = None
@@ -73,6 +75,8 @@ class Kiln:
             if m:
                 setattr(self, "http" if m.group(1) == "HTTP" else "grpc", int(m.group(2)))
             if "model repository loaded" in line or time.time() > deadline:
+                break
+            if not wait and self.http and self.grpc:
                 break
         assert self.http and self.grpc, "".join(self.log)
         # Keep draining stderr so the server never blocks on a full pipe.
@@ -158,14 +162,33 @@ def secure_kiln(repo, folder, extra=()):
     return Kiln(repo, flags, tls=folder, key=SECURE_KEY)
 
 
-@pytest.fixture(scope="module", params=["onnxruntime", "tract", "secure"])
+def s3_kiln(s3, extra=(), bucket="models", prefix="repo"):
+    """Kiln serving s3://bucket/prefix from `s3` (an S3Server), with a cache of its own."""
+    from s3_server import CREDENTIALS
+    cache = tempfile.mkdtemp(prefix="kiln-cache-")
+    flags = ["--storage-endpoint", s3.endpoint, "--model-cache-dir", cache, *extra]
+    k = Kiln(f"s3://{bucket}/{prefix}", flags, env=CREDENTIALS)
+    k.cache = cache
+    return k
+
+
+@pytest.fixture(scope="module", params=["onnxruntime", "tract", "secure", "s3"])
 def kiln(request):
-    """The example models served with ONNX Runtime, with tract only, and with
-    ONNX Runtime over TLS with API keys (every client check passes through both)."""
+    """The example models served with ONNX Runtime, with tract only, with ONNX
+    Runtime over TLS with API keys, and from a real S3 server (every client check
+    passes through each)."""
     if request.param == "secure":
         folder = tempfile.mkdtemp(prefix="kiln-tls-")
         k = secure_kiln("models", folder)
         k.backend = "onnxruntime"
+    elif request.param == "s3":
+        from s3_server import S3Server
+        s3 = S3Server()
+        s3.client().create_bucket(Bucket="models")
+        s3.upload_tree("models", "models", "repo", skip=("minilm",))
+        k = s3_kiln(s3)
+        k.backend = "onnxruntime"
+        request.addfinalizer(s3.stop)
     else:
         extra = [] if request.param == "onnxruntime" else ["--onnxruntime-lib", "/nonexistent/libonnxruntime.so"]
         k = Kiln("models", extra)
