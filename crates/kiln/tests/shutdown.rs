@@ -1,7 +1,8 @@
 //! Graceful shutdown of the real binary under load: on SIGTERM readiness goes
 //! false at once, requests already admitted finish with their answers, new ones
 //! are refused with 503 / UNAVAILABLE while the listeners are still open, and the
-//! process exits 0 within its exit timeout.
+//! process exits 0 within its exit timeout. grpc.health.v1 says NOT_SERVING
+//! for the server and its models while it drains.
 //!
 //! The model is `add_slow.onnx` (Y = X + 9, a few ms to tens of ms a request) on
 //! one instance without batching, so that a queue of requests is in flight when
@@ -16,6 +17,9 @@ use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
 const HTTP_CLIENTS: usize = 6;
 const GRPC_CLIENTS: usize = 6;
@@ -254,7 +258,7 @@ fn sigterm_under_load_drains_then_exits_zero() {
     let fresh = post_json(http, "/v2/models/slow/infer", &http_body(&x_of(0)));
     assert_eq!(fresh.status, 503);
     assert!(fresh.error().contains("shutting down"), "{}", fresh.error());
-    let (grpc_ready, grpc_fresh) = rt.block_on(async {
+    let (grpc_ready, grpc_fresh, health) = rt.block_on(async {
         let mut c = common::grpc_client(grpc).await;
         let ready = c
             .server_ready(ServerReadyRequest {})
@@ -263,9 +267,32 @@ fn sigterm_under_load_drains_then_exits_zero() {
             .into_inner()
             .ready;
         let fresh = c.model_infer(grpc_request(&x_of(0))).await;
-        (ready, fresh)
+        // Kubernetes' gRPC probe asks grpc.health.v1, for the server and a model.
+        let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{grpc}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut h = HealthClient::new(channel);
+        let mut health = Vec::new();
+        for service in ["", "slow"] {
+            let r = h
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .unwrap();
+            health.push(r.into_inner().status);
+        }
+        (ready, fresh, health)
     });
     assert!(!grpc_ready, "gRPC ServerReady must be false while draining");
+    let not_serving = ServingStatus::NotServing as i32;
+    assert_eq!(
+        health,
+        [not_serving, not_serving],
+        "grpc.health.v1 while draining"
+    );
     let e = grpc_fresh.expect_err("a new gRPC request must be refused");
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
 
