@@ -32,6 +32,9 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip
 "$venv/bin/python" -m pip install -q -r scripts/deploy-requirements.txt
+# KServe's SDK only for the types it generates from KServe's OpenAPI spec (its
+# server dependencies are not needed): scripts/deploy/kserve_validate.py.
+"$venv/bin/python" -m pip install -q --no-deps kserve==0.21.0
 if ! command -v promtool >/dev/null; then
   scripts/apt-install.sh prometheus || { echo "promtool missing: install Debian's prometheus package" >&2; exit 1; }
 fi
@@ -69,6 +72,9 @@ for overlay in k8s/overlays/*/ k8s/monitoring/; do
 done
 
 # --- 3. rules and PromQL ---
+say "KServe runtime and InferenceServices against KServe's types (strict)"
+"$py" scripts/deploy/kserve_validate.py k8s/kserve/*.yaml
+
 say "promtool check rules / test rules"
 k8s_tool rules "$work/cpu.yaml" "$work/kiln-rules.yaml"
 promtool check rules "$work/kiln-rules.yaml"
