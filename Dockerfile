@@ -58,11 +58,15 @@ STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/kiln"]
 
 # A binary cargo built on a Debian 12 (glibc 2.36) host and the ONNX Runtime
-# library from the wheel, placed in .prebuilt/ (kiln, onnxruntime/libonnxruntime.so.*).
+# library from the wheel, placed in .prebuilt/ (kiln, onnxruntime/libonnxruntime.so.*,
+# and the host's CA bundle, ca-certificates.crt).
 FROM runtime-base AS runtime-prebuilt
 COPY .prebuilt/onnxruntime/ /opt/onnxruntime/lib/
 COPY .prebuilt/kiln /usr/local/bin/kiln
+COPY .prebuilt/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 
 FROM runtime-base AS runtime
 COPY --from=ort-pypi /out/ /opt/onnxruntime/lib/
 COPY --from=kiln-build /out/kiln /usr/local/bin/kiln
+# The CA roots HTTPS to object storage (S3, GCS, Azure) is verified against.
+COPY --from=kiln-build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt

@@ -127,6 +127,8 @@ ort_lib=$(ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so
 rm -rf .prebuilt && mkdir -p .prebuilt/onnxruntime
 cp target/release/kiln .prebuilt/kiln && strip .prebuilt/kiln
 cp "$ort_lib" .prebuilt/onnxruntime/
+# The CA roots for HTTPS to object storage (the minbase image has none).
+cp /etc/ssl/certs/ca-certificates.crt .prebuilt/ca-certificates.crt
 image=localhost/kiln:ci
 podman build --pull=never -q -t "$image" --target runtime-prebuilt . >/dev/null
 rm -rf .prebuilt
@@ -155,6 +157,8 @@ done
 podman logs "$name" 2>&1 | tail -n 20
 [ -n "$ok" ] || { echo "the container never became ready" >&2; exit 1; }
 [ "$(podman exec "$name" id -u)" = 10001 ] || { echo "the server does not run as uid 10001" >&2; exit 1; }
+podman exec "$name" test -s /etc/ssl/certs/ca-certificates.crt \
+  || { echo "no CA roots in the image (HTTPS to object storage would fail)" >&2; exit 1; }
 # The logs are read whole before grep: with pipefail, `podman logs | grep -q` fails when
 # grep stops reading at its match and podman gets SIGPIPE.
 grep -q 'ONNX Runtime: /opt/onnxruntime/lib/libonnxruntime.so.1.31.1' <<<"$(podman logs "$name" 2>&1)" \

@@ -96,7 +96,7 @@ def kiln_flags():
     with open(os.path.join(here, "..", "..", "crates", "kiln", "src", "cli.rs")) as f:
         text = f.read()
     named = set(re.findall(r'long = "([a-z0-9-]+)"', text))
-    fields = re.findall(r"#\[arg\(long[,)][^\n]*\n\s*pub ([a-z0-9_]+):", text)
+    fields = re.findall(r"#\[arg\(long[,)].*?\)\]\s*pub ([a-z0-9_]+):", text, re.S)
     return named | {f.replace("_", "-") for f in fields}
 
 

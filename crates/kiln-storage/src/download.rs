@@ -52,14 +52,12 @@ pub enum DownloadError {
 }
 
 impl DownloadError {
-    /// Worth another try: the transfer, not the object or the cache, failed.
+    /// Worth another try: the transfer, not the object or the cache, failed
+    /// (object_store has retried the store's own server errors already).
     fn transient(&self) -> bool {
         matches!(
             self,
             DownloadError::Truncated { .. } | DownloadError::Timeout(_)
-        ) || matches!(
-            self,
-            DownloadError::Store(object_store::Error::Generic { .. })
         )
     }
 }

@@ -419,10 +419,10 @@ impl Io {
     }
 
     fn run<F: std::future::Future>(&self, f: F) -> F::Output {
-        match &self.runtime {
-            Some(rt) => rt.block_on(f),
-            None => unreachable!("the storage runtime lives as long as its repository"),
-        }
+        self.runtime
+            .as_ref()
+            .expect("the storage runtime lives as long as its repository (taken only in Drop)")
+            .block_on(f)
     }
 }
 

@@ -7,6 +7,12 @@ pub const DOWNLOAD_BYTES: &str = "kiln_storage_download_bytes_total";
 pub const DOWNLOAD_SECONDS: &str = "kiln_storage_download_seconds";
 pub const ERRORS: &str = "kiln_storage_errors_total";
 
+/// A version's download takes from milliseconds (a small model near the store)
+/// to minutes (gigabytes across regions).
+pub const DOWNLOAD_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+];
+
 pub fn describe() {
     metrics::describe_gauge!(
         CACHE_BYTES,

@@ -96,6 +96,11 @@ async fn run(args: cli::Args, telemetry: Arc<kiln_telemetry::Telemetry>) -> anyh
         )
         .context("invalid histogram buckets")?
         .set_buckets_for_metric(
+            Matcher::Full(kiln_storage::metrics::DOWNLOAD_SECONDS.into()),
+            kiln_storage::metrics::DOWNLOAD_BUCKETS,
+        )
+        .context("invalid histogram buckets")?
+        .set_buckets_for_metric(
             Matcher::Full(kiln_core::metrics::SHADOW_OUTPUT_DIFF.into()),
             kiln_core::metrics::DIFF_BUCKETS,
         )
