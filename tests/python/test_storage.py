@@ -325,3 +325,30 @@ def test_health_is_not_serving_while_models_download(s3):
     finally:
         k.stop()
         proxy.stop()
+
+
+def test_an_azure_blob_repository_serves_and_swaps_versions():
+    # The same loader through object_store's Azure client, against Azurite: a
+    # listing that quotes ETags unlike its GETs must not read as a change.
+    from azurite import Azurite, installed
+    blob = installed()
+    if blob is None:
+        pytest.skip("npm is not installed (Azurite comes from the npm registry)")
+    az = Azurite(blob)
+    try:
+        c = az.container("models")
+        c.create_container()
+        c.upload_blob("repo/m/1/model.onnx", fixture("add1.onnx"))
+        k = Kiln("az://models/repo", ["--storage-endpoint", az.endpoint, "--model-control-mode", "explicit",
+                                      "--load-model", "m", "--model-cache-dir", tempfile.mkdtemp(prefix="kiln-cache-")],
+                 env=az.env)
+        try:
+            assert answer(k) == (1, 1.0)
+            c.upload_blob("repo/m/2/model.onnx", fixture("add2.onnx"))
+            httpclient.InferenceServerClient(k.http_url).load_model("m")
+            assert answer(k) == (2, 2.0)
+            assert "from=az://models/repo/m/2" in "".join(k.log)
+        finally:
+            k.stop()
+    finally:
+        az.stop()

@@ -62,6 +62,14 @@ impl DownloadError {
     }
 }
 
+/// Whether two ETags name the same content. Stores quote them differently in a
+/// listing and in a GET's header (Azure lists `0x8D…` and answers `"0x8D…"`);
+/// a weak tag's `W/` is not part of the content's name either.
+fn same_tag(a: &str, b: &str) -> bool {
+    let bare = |t: &str| t.trim_start_matches("W/").trim_matches('"').to_string();
+    bare(a) == bare(b)
+}
+
 /// Downloads every object into `into`; the first object that fails (after its
 /// tries) fails the whole version, with its key.
 pub async fn version(
@@ -106,11 +114,9 @@ async fn object(
         Err(object_store::Error::NotFound { .. }) => return Err(DownloadError::Vanished),
         Err(e) => return Err(e.into()),
     };
-    let tag_changed = got
-        .meta
-        .e_tag
-        .as_deref()
-        .is_some_and(|t| !w.tag.is_empty() && t != w.tag && !w.tag.starts_with("modified:"));
+    let tag_changed = got.meta.e_tag.as_deref().is_some_and(|t| {
+        !w.tag.is_empty() && !w.tag.starts_with("modified:") && !same_tag(t, &w.tag)
+    });
     if got.meta.size != w.size || tag_changed {
         return Err(DownloadError::Changed {
             listed: w.size,
@@ -155,4 +161,16 @@ async fn object(
     }
     file.sync_all().map_err(write_err)?;
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_tag;
+
+    #[test]
+    fn etags_compare_without_their_quotes() {
+        assert!(same_tag("\"0x8DC\"", "0x8DC"));
+        assert!(same_tag("W/\"abc\"", "\"abc\""));
+        assert!(!same_tag("\"abc\"", "\"abd\""));
+    }
 }
