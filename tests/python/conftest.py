@@ -162,10 +162,10 @@ def secure_kiln(repo, folder, extra=()):
     return Kiln(repo, flags, tls=folder, key=SECURE_KEY)
 
 
-def s3_kiln(s3, extra=(), bucket="models", prefix="repo"):
+def s3_kiln(s3, extra=(), bucket="models", prefix="repo", cache=None):
     """Kiln serving s3://bucket/prefix from `s3` (an S3Server), with a cache of its own."""
     from s3_server import CREDENTIALS
-    cache = tempfile.mkdtemp(prefix="kiln-cache-")
+    cache = cache or tempfile.mkdtemp(prefix="kiln-cache-")
     flags = ["--storage-endpoint", s3.endpoint, "--model-cache-dir", cache, *extra]
     k = Kiln(f"s3://{bucket}/{prefix}", flags, env=CREDENTIALS)
     k.cache = cache

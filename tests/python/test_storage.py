@@ -352,3 +352,44 @@ def test_an_azure_blob_repository_serves_and_swaps_versions():
             k.stop()
     finally:
         az.stop()
+
+
+@pytest.fixture()
+def small_disk():
+    """A mount point for a tmpfs of the test's choosing (root only: skipped elsewhere)."""
+    point = tempfile.mkdtemp(prefix="kiln-disk-")
+    mounted = []
+
+    def mount(options):
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", point], capture_output=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for p in mounted:
+        subprocess.run(["umount", p], capture_output=True)
+
+
+def test_a_read_only_cache_stops_the_start(s3, small_disk):
+    put(s3, "m/1/model.onnx", fixture("add1.onnx"))
+    folder = small_disk("ro,size=1m")
+    log = start_fails(f"s3://{BUCKET}/repo", "--storage-endpoint", s3.endpoint, "--model-cache-dir", folder)
+    assert f"cannot use the model cache folder {folder}" in log and "Read-only file system" in log, log[-1500:]
+
+
+def test_a_full_disk_fails_that_version_alone(s3, small_disk):
+    put(s3, "m/1/model.onnx", fixture("add1.onnx"))
+    with open(os.path.join(ROOT, "models", "digits_mlp", "1", "model.onnx"), "rb") as f:
+        put(s3, "big/1/model.onnx", f.read())
+    folder = small_disk("size=16k")
+    k = s3_kiln(s3, bucket=BUCKET, cache=folder)
+    try:
+        assert answer(k) == (1, 1.0)
+        lines = {(e["name"], e.get("version")): e for e in index(k)}
+        assert lines[("big", "1")]["state"] == "UNAVAILABLE"
+        assert "No space left on device" in lines[("big", "1")]["reason"], lines
+        assert os.listdir(os.path.join(folder, ".partial")) == []
+    finally:
+        k.stop()
