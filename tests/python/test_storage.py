@@ -291,9 +291,10 @@ def health(k, service):
 
 
 def test_kserve_layout_health_and_reflection():
-    # What KServe's storage-initializer lays at /mnt/models: a model's files alone.
+    # What KServe's storage-initializer lays at /mnt/models for a storageUri that
+    # names a file: that file alone, under its own name.
     mnt = tempfile.mkdtemp(prefix="kiln-mnt-")
-    shutil.copy(os.path.join(ROOT, "models", "digits_mlp", "1", "model.onnx"), mnt)
+    shutil.copy(os.path.join(ROOT, "models", "digits_mlp", "1", "model.onnx"), os.path.join(mnt, "digits.onnx"))
     k = Kiln(mnt, ["--model-name", "digits"])
     try:
         c = httpclient.InferenceServerClient(k.http_url)

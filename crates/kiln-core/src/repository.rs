@@ -169,6 +169,38 @@ impl Repository for FsRepository {
     }
 }
 
+/// The model file of a fetched version folder: `configured` when it was chosen
+/// in the config or is there; else the folder's one file with its extension, if
+/// there is exactly one (KServe's storage-initializer lays a single model file
+/// under its own name, `digits.onnx`). Otherwise `configured`, to be reported
+/// missing.
+pub fn model_file(
+    folder: &Path,
+    configured: &str,
+    chosen: bool,
+    exists: impl Fn(&Path) -> bool,
+) -> PathBuf {
+    let named = folder.join(configured);
+    if chosen || exists(&named) {
+        return named;
+    }
+    let Some(ext) = Path::new(configured).extension() else {
+        return named;
+    };
+    let alike: Vec<PathBuf> = std::fs::read_dir(folder)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_file() && p.extension() == Some(ext))
+                .collect()
+        })
+        .unwrap_or_default();
+    match <[PathBuf; 1]>::try_from(alike) {
+        Ok([one]) => one,
+        Err(_) => named,
+    }
+}
+
 /// Whether `name` can be a model folder: a plain, visible name (no path).
 pub fn valid_model_name(name: &str) -> bool {
     !name.is_empty()
@@ -339,6 +371,33 @@ mod tests {
         assert_eq!(b.version_numbers(), [Version(2)]);
         assert!(scan_model(root, "../b", None).is_none());
         assert!(scan_model(root, "nope", None).is_none());
+    }
+
+    #[test]
+    fn a_lone_model_file_under_another_name_is_the_model_unless_a_name_was_chosen() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let is_file = |p: &Path| p.is_file();
+        std::fs::write(root.join("digits.onnx"), "x").unwrap();
+        std::fs::write(root.join("notes.txt"), "x").unwrap();
+        assert_eq!(
+            model_file(root, "model.onnx", false, is_file),
+            root.join("digits.onnx")
+        );
+        assert_eq!(
+            model_file(root, "model.onnx", true, is_file),
+            root.join("model.onnx")
+        );
+        std::fs::write(root.join("other.onnx"), "x").unwrap();
+        assert_eq!(
+            model_file(root, "model.onnx", false, is_file),
+            root.join("model.onnx")
+        );
+        std::fs::write(root.join("model.onnx"), "x").unwrap();
+        assert_eq!(
+            model_file(root, "model.onnx", false, is_file),
+            root.join("model.onnx")
+        );
     }
 
     #[test]

@@ -122,6 +122,10 @@ pub struct ModelConfig {
     pub intra_op_threads: Option<usize>,
     pub intra_op_spinning: Option<bool>,
     pub model_filename: String,
+    /// `default_model_filename` was set: only that file is the model. Else a
+    /// version without the default file may hold its model under another name
+    /// (see `repository::model_file`).
+    pub model_filename_chosen: bool,
     /// Set exactly when `backend` is Candle.
     pub family: Option<ModelFamily>,
     pub max_sequence_length: Option<usize>,
@@ -153,6 +157,7 @@ impl Default for ModelConfig {
             intra_op_threads: None,
             intra_op_spinning: None,
             model_filename: DEFAULT_MODEL_FILENAME.into(),
+            model_filename_chosen: false,
             family: None,
             max_sequence_length: None,
             truncate: true,
@@ -374,6 +379,7 @@ impl TryFrom<ConfigFile> for ModelConfig {
             None | Some(0) => None,
             Some(n) => Some(bounded("intra_op_threads", n, 0..=MAX_INTRA_OP_THREADS)?),
         };
+        let model_filename_chosen = f.default_model_filename.is_some();
         let model_filename = match f.default_model_filename {
             Some(name) if name.is_empty() || name.contains('/') || name.contains("..") => {
                 return Err(FieldError::new(
@@ -433,6 +439,7 @@ impl TryFrom<ConfigFile> for ModelConfig {
             intra_op_threads,
             intra_op_spinning: f.intra_op_spinning,
             model_filename,
+            model_filename_chosen,
             family,
             max_sequence_length,
             truncate: f.truncate.unwrap_or(d.truncate),

@@ -230,7 +230,12 @@ impl Loader {
                 .fetch(&dir, v, &files)
                 .map_err(|e| VersionError::Storage(e.to_string()))
                 .and_then(|folder| {
-                    let file = folder.join(&cfg.model_filename);
+                    let file = crate::repository::model_file(
+                        &folder,
+                        &cfg.model_filename,
+                        cfg.model_filename_chosen,
+                        |p| self.repository.has_file(p),
+                    );
                     if !self.repository.has_file(&file) {
                         return Err(VersionError::Model(format!(
                             "model file {} not found",
