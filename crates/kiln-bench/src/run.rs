@@ -1,0 +1,173 @@
+//! Drives a target for one phase (warm-up or measurement): a closed loop of
+//! workers, or an open loop that sends on schedule, until the phase's end.
+
+use crate::schedule::{Arrivals, Load};
+use crate::stats::{Latency, Recorder};
+use crate::target::Target;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// When a phase ends: after a time, or after a number of requests.
+#[derive(Debug, Clone, Copy)]
+pub enum End {
+    After(Duration),
+    Requests(u64),
+}
+
+/// Counts shared with the progress line.
+#[derive(Default)]
+pub struct Progress {
+    pub done: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+/// What one phase measured.
+pub struct Phase {
+    pub recorder: Recorder,
+    pub not_sent: u64,
+    /// Open loop: how late requests were sent after their intended time.
+    pub send_lag: Option<Latency>,
+    pub elapsed: Duration,
+}
+
+pub async fn phase(
+    target: &Target,
+    load: Load,
+    end: End,
+    max_inflight: usize,
+    seed: u64,
+    progress: Arc<Progress>,
+) -> Phase {
+    let start = Instant::now();
+    let (recorder, not_sent, send_lag) = match load {
+        Load::Closed { concurrency } => {
+            let r = closed(target, concurrency, end, start, progress).await;
+            (r, 0, None)
+        }
+        Load::Open { rate, poisson } => {
+            let arrivals = Arrivals::new(rate, poisson, seed);
+            open(target, arrivals, end, start, max_inflight, progress).await
+        }
+    };
+    Phase {
+        recorder,
+        not_sent,
+        send_lag,
+        elapsed: start.elapsed(),
+    }
+}
+
+fn record(r: &mut Recorder, p: &Progress, result: Result<(), String>, latency: Duration) {
+    match result {
+        Ok(()) => r.ok(latency),
+        Err(status) => {
+            r.error(status);
+            p.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    p.done.fetch_add(1, Ordering::Relaxed);
+}
+
+/// `concurrency` workers, each sending its next request once its previous one
+/// is answered; latency from each send.
+async fn closed(
+    target: &Target,
+    concurrency: usize,
+    end: End,
+    start: Instant,
+    progress: Arc<Progress>,
+) -> Recorder {
+    let issued = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..concurrency.max(1))
+        .map(|_| {
+            let (target, issued, progress) = (target.clone(), issued.clone(), progress.clone());
+            tokio::spawn(async move {
+                let mut r = Recorder::default();
+                loop {
+                    let n = issued.fetch_add(1, Ordering::Relaxed);
+                    let over = match end {
+                        End::After(d) => start.elapsed() >= d,
+                        End::Requests(total) => n >= total,
+                    };
+                    if over {
+                        return r;
+                    }
+                    let sent = Instant::now();
+                    let result = target.call(n).await;
+                    record(&mut r, &progress, result, sent.elapsed());
+                }
+            })
+        })
+        .collect();
+    let mut all = Recorder::default();
+    for w in workers {
+        if let Ok(r) = w.await {
+            all.merge(&r);
+        }
+    }
+    all
+}
+
+/// Sends at each intended time whether answers keep up or not; latency from the
+/// intended time. At most `max_inflight` outstanding: a request due when that
+/// many are is not sent, and counted.
+async fn open(
+    target: &Target,
+    arrivals: Arrivals,
+    end: End,
+    start: Instant,
+    max_inflight: usize,
+    progress: Arc<Progress>,
+) -> (Recorder, u64, Option<Latency>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Result<(), String>, Duration)>();
+    let inflight = Arc::new(AtomicU64::new(0));
+    let collector = {
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            let mut r = Recorder::default();
+            while let Some((result, latency)) = rx.recv().await {
+                record(&mut r, &progress, result, latency);
+            }
+            r
+        })
+    };
+    let mut not_sent = 0;
+    let mut lag = Recorder::default();
+    for (n, at) in arrivals.enumerate() {
+        let n = n as u64;
+        let over = match end {
+            End::After(d) => at >= d,
+            End::Requests(total) => n >= total,
+        };
+        if over {
+            break;
+        }
+        let due = start + at;
+        if Instant::now() < due {
+            tokio::time::sleep_until(due).await;
+        }
+        // How late the client sends: tokio's timer has a 1 ms grain, so a rate
+        // with gaps under it sends in small bursts (latency still counts from
+        // each intended time).
+        lag.ok(due.elapsed());
+        if inflight.load(Ordering::Relaxed) >= max_inflight as u64 {
+            not_sent += 1;
+            continue;
+        }
+        inflight.fetch_add(1, Ordering::Relaxed);
+        let (target, tx, inflight) = (target.clone(), tx.clone(), inflight.clone());
+        tokio::spawn(async move {
+            let result = target.call(n).await;
+            let _ = tx.send((result, due.elapsed()));
+            inflight.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    drop(tx);
+    let mut r = collector.await.unwrap_or_default();
+    for _ in 0..not_sent {
+        r.error("not sent: --max-inflight outstanding".into());
+    }
+    (r, not_sent, Some(lag.latency()))
+}
