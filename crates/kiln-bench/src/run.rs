@@ -133,24 +133,40 @@ async fn open(
             r
         })
     };
+    // The schedule is kept by a thread of its own: tokio's timer has a 1 ms
+    // grain, which would send gaps shorter than that in bursts and count the
+    // client's lateness as the server's. The thread sleeps to each due time
+    // (nanosleep, with the timer slack cut to 1 us) and hands the request over.
+    let (due_tx, mut due_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, std::time::Instant)>();
+    let origin = start.into_std();
+    let dispatcher = std::thread::Builder::new()
+        .name("kiln-bench-schedule".into())
+        .spawn(move || {
+            // SAFETY: PR_SET_TIMERSLACK only changes this thread's timer slack.
+            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1u64, 0u64, 0u64, 0u64) };
+            for (n, at) in arrivals.enumerate() {
+                let n = n as u64;
+                let over = match end {
+                    End::After(d) => at >= d,
+                    End::Requests(total) => n >= total,
+                };
+                if over {
+                    return;
+                }
+                let due = origin + at;
+                let now = std::time::Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                if due_tx.send((n, due)).is_err() {
+                    return;
+                }
+            }
+        });
     let mut not_sent = 0;
+    // How late each request was sent after its intended time.
     let mut lag = Recorder::default();
-    for (n, at) in arrivals.enumerate() {
-        let n = n as u64;
-        let over = match end {
-            End::After(d) => at >= d,
-            End::Requests(total) => n >= total,
-        };
-        if over {
-            break;
-        }
-        let due = start + at;
-        if Instant::now() < due {
-            tokio::time::sleep_until(due).await;
-        }
-        // How late the client sends: tokio's timer has a 1 ms grain, so a rate
-        // with gaps under it sends in small bursts (latency still counts from
-        // each intended time).
+    while let Some((n, due)) = due_rx.recv().await {
         lag.ok(due.elapsed());
         if inflight.load(Ordering::Relaxed) >= max_inflight as u64 {
             not_sent += 1;
@@ -163,6 +179,9 @@ async fn open(
             let _ = tx.send((result, due.elapsed()));
             inflight.fetch_sub(1, Ordering::Relaxed);
         });
+    }
+    if let Ok(thread) = dispatcher {
+        let _ = thread.join();
     }
     drop(tx);
     let mut r = collector.await.unwrap_or_default();
