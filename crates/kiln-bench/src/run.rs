@@ -5,7 +5,7 @@ use crate::schedule::{Arrivals, Load};
 use crate::stats::{Latency, Recorder};
 use crate::target::Target;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -80,11 +80,15 @@ async fn closed(
     progress: Arc<Progress>,
 ) -> Recorder {
     let issued = Arc::new(AtomicU64::new(0));
+    // One recorder for all workers (a histogram is a few hundred KB: one per
+    // worker would grow with the concurrency); uncontended on the default
+    // single-threaded runtime.
+    let shared = Arc::new(Mutex::new(Recorder::default()));
     let workers: Vec<_> = (0..concurrency.max(1))
         .map(|_| {
             let (target, issued, progress) = (target.clone(), issued.clone(), progress.clone());
+            let shared = shared.clone();
             tokio::spawn(async move {
-                let mut r = Recorder::default();
                 loop {
                     let n = issued.fetch_add(1, Ordering::Relaxed);
                     let over = match end {
@@ -92,22 +96,22 @@ async fn closed(
                         End::Requests(total) => n >= total,
                     };
                     if over {
-                        return r;
+                        return;
                     }
                     let sent = Instant::now();
                     let result = target.call(n).await;
-                    record(&mut r, &progress, result, sent.elapsed());
+                    let latency = sent.elapsed();
+                    let mut r = shared.lock().unwrap_or_else(|p| p.into_inner());
+                    record(&mut r, &progress, result, latency);
                 }
             })
         })
         .collect();
-    let mut all = Recorder::default();
     for w in workers {
-        if let Ok(r) = w.await {
-            all.merge(&r);
-        }
+        let _ = w.await;
     }
-    all
+    let r = shared.lock().unwrap_or_else(|p| p.into_inner());
+    r.clone()
 }
 
 /// Sends at each intended time whether answers keep up or not; latency from the

@@ -7,7 +7,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// One worker's (or the whole run's) answers.
+/// A phase's answers.
 #[derive(Clone)]
 pub struct Recorder {
     latency_us: Histogram<u64>,
@@ -37,15 +37,6 @@ impl Recorder {
 
     pub fn error(&mut self, status: String) {
         *self.errors.entry(status).or_default() += 1;
-    }
-
-    pub fn merge(&mut self, other: &Recorder) {
-        self.ok += other.ok;
-        // Same bounds on both sides: adding cannot fail.
-        let _ = self.latency_us.add(&other.latency_us);
-        for (k, v) in &other.errors {
-            *self.errors.entry(k.clone()).or_default() += v;
-        }
     }
 
     pub fn failed(&self) -> u64 {
@@ -183,16 +174,12 @@ mod tests {
     #[test]
     fn percentiles_come_from_the_recorded_latencies_within_their_precision() {
         let mut a = Recorder::default();
-        let mut b = Recorder::default();
-        // 1..=1000 µs, split between two workers.
         for us in 1..=1000u64 {
-            let r = if us % 2 == 0 { &mut a } else { &mut b };
-            r.ok(Duration::from_micros(us));
+            a.ok(Duration::from_micros(us));
         }
-        b.error("grpc UNAVAILABLE".into());
-        b.error("grpc UNAVAILABLE".into());
+        a.error("grpc UNAVAILABLE".into());
+        a.error("grpc UNAVAILABLE".into());
         a.error("http 503".into());
-        a.merge(&b);
         assert_eq!(a.ok, 1000);
         assert_eq!(a.failed(), 3);
         assert_eq!(a.errors["grpc UNAVAILABLE"], 2);
