@@ -224,11 +224,22 @@ pub fn try_http(
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes())?;
-    s.write_all(body)?;
+    // Written while the answer is read: a server may answer early (413, 503)
+    // and close while a large body is still on its way, and a client that
+    // only reads once it has written all would see a broken pipe or a reset
+    // instead of that answer.
+    let mut writer = s.try_clone()?;
+    let mut message = req.into_bytes();
+    message.extend_from_slice(body);
+    let wrote = std::thread::spawn(move || writer.write_all(&message));
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
+    let read = s.read_to_end(&mut raw);
+    let wrote = wrote
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("writer panicked")));
     let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        read?;
+        wrote?;
         return Err(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
             format!("no complete response head in {} bytes", raw.len()),
