@@ -2,14 +2,12 @@
 first use), on a free 127.0.0.1 port, with its well-known development account."""
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 
 from azure.storage.blob import BlobServiceClient
 
-from s3_server import free_port
+from s3_server import free_port, wait_for_port
 
 TOOLS = os.path.join(os.path.dirname(__file__), "..", "tools")
 ACCOUNT = "devstoreaccount1"
@@ -35,14 +33,7 @@ class Azurite:
             [blob, "--blobHost", "127.0.0.1", "--blobPort", str(self.port), "--location", self.data,
              "--silent", "--skipApiVersionCheck"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
-            except OSError:
-                assert time.time() < deadline and self.proc.poll() is None, "Azurite did not start"
-                time.sleep(0.1)
+        wait_for_port(self.port, self.proc, lambda: "Azurite did not start")
 
     @property
     def endpoint(self):

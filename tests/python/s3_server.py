@@ -23,6 +23,19 @@ def free_port():
         return s.getsockname()[1]
 
 
+def wait_for_port(port, proc, why):
+    """Until something listens on 127.0.0.1:port; fails (saying `why()`) if `proc`
+    exits first or 30 s pass."""
+    deadline = time.time() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.time() < deadline and proc.poll() is None, why()
+            time.sleep(0.1)
+
+
 class S3Server:
     """moto_server on a free port; `log` holds its access log (one line per request)."""
 
@@ -35,14 +48,7 @@ class S3Server:
         )
         self.log = []
         threading.Thread(target=lambda: [self.log.append(l) for l in self.proc.stderr], daemon=True).start()
-        deadline = time.time() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
-            except OSError:
-                assert time.time() < deadline and self.proc.poll() is None, "".join(self.log)
-                time.sleep(0.1)
+        wait_for_port(self.port, self.proc, lambda: "".join(self.log))
 
     @property
     def endpoint(self):

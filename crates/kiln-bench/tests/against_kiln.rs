@@ -106,6 +106,25 @@ fn bench(args: &[&str]) -> Value {
     serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap()
 }
 
+/// `requests` requests to mlp_tiny over gRPC, each with the inputs of `request`
+/// (a V2 JSON request), through `--input-data`.
+fn bench_file(grpc: &str, request: &str, requests: &str) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("request.json");
+    std::fs::write(&file, request).unwrap();
+    let path = file.to_str().unwrap();
+    bench(&[
+        "-u",
+        grpc,
+        "-m",
+        "mlp_tiny",
+        "--input-data",
+        path,
+        "--requests",
+        requests,
+    ])
+}
+
 fn assert_sane(r: &Value, requests: u64) {
     assert_eq!(r["requests"], requests, "{r:#}");
     assert_eq!(r["failed"], 0, "{r:#}");
@@ -186,42 +205,20 @@ fn drives_kiln_over_grpc_and_rest_closed_and_open_loop() {
     );
 
     // A request file (the tiny MLP's input, shape [1, 16]).
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("request.json");
-    std::fs::write(
-        &file,
+    let r = bench_file(
+        &grpc,
         r#"{"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 16],
             "data": [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]]}]}"#,
-    )
-    .unwrap();
-    let r = bench(&[
-        "-u",
-        &grpc,
-        "-m",
-        "mlp_tiny",
-        "--input-data",
-        file.to_str().unwrap(),
-        "--requests",
         "50",
-    ]);
+    );
     assert_sane(&r, 50);
 
     // Every request refused: counted by status, none as a success.
-    std::fs::write(
-        &file,
-        r#"{"inputs": [{"name": "NOPE", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}"#,
-    )
-    .unwrap();
-    let r = bench(&[
-        "-u",
+    let r = bench_file(
         &grpc,
-        "-m",
-        "mlp_tiny",
-        "--input-data",
-        file.to_str().unwrap(),
-        "--requests",
+        r#"{"inputs": [{"name": "NOPE", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}"#,
         "20",
-    ]);
+    );
     assert_eq!(r["requests"], 0);
     assert_eq!(r["errors"]["grpc InvalidArgument"], 20, "{r:#}");
 }
