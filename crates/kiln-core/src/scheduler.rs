@@ -22,6 +22,7 @@ use crate::tensor::Tensor;
 use crate::trace::{self, Queued};
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -108,7 +109,35 @@ impl Job {
 struct State {
     jobs: VecDeque<Job>,
     closed: bool,
+    /// Rows queued (the sum over `jobs`).
+    rows: usize,
+    /// Instances waiting on `work` for any job. A submitter wakes one only when
+    /// there is one: an instance that is computing, or spinning, finds the job
+    /// when it next looks (under the same lock), and a futex wake nobody waits
+    /// for is a system call per request for nothing.
+    idle: usize,
+    /// Instances waiting on `work` for a batch to fill (`max_queue_delay`):
+    /// woken only by a job that may complete the batch, not by every job.
+    filling: usize,
 }
+
+impl State {
+    /// Whether a job just queued may end a `filling` instance's wait early.
+    fn may_dispatch(&self, cfg: &SchedulerConfig, deadline: bool) -> bool {
+        self.rows >= cfg.max_batch_size
+            || cfg.preferred_batch_sizes.contains(&self.rows)
+            || cfg.max_batch_cost.is_some()
+            || deadline
+    }
+}
+
+/// How long an instance that ran out of work spins for the next job before it
+/// sleeps, when its recent waits were shorter than that. Under load the next
+/// request is microseconds away, and a sleep and wake-up (a futex wait, a
+/// futex wake by the submitter, two context switches) costs this virtualised
+/// kind of machine more CPU than the spin; an instance whose waits are longer
+/// (a lightly loaded or idle server) sleeps at once and burns nothing.
+const SPIN: Duration = Duration::from_micros(50);
 
 struct Shared {
     cfg: SchedulerConfig,
@@ -119,6 +148,8 @@ struct Shared {
     stats: Arc<VersionStats>,
     state: Mutex<State>,
     work: Condvar,
+    /// `jobs.len()`, readable without the lock by a spinning instance.
+    queued: AtomicUsize,
 }
 
 impl Shared {
@@ -161,8 +192,12 @@ impl Scheduler {
             state: Mutex::new(State {
                 jobs: VecDeque::new(),
                 closed: false,
+                rows: 0,
+                idle: 0,
+                filling: 0,
             }),
             work: Condvar::new(),
+            queued: AtomicUsize::new(0),
         });
         let mut threads = Vec::with_capacity(instances);
         for i in 0..instances {
@@ -206,7 +241,7 @@ impl Scheduler {
         }
         if st.jobs.len() >= sh.cfg.max_queue_size {
             // Requests whose clients left or whose deadline passed give up their places.
-            purge(&mut st.jobs, &sh.cfg.label, Instant::now());
+            purge(&mut st, &sh.cfg.label, Instant::now());
         }
         if st.jobs.len() >= sh.cfg.max_queue_size {
             return Err(KilnError::unavailable(format!(
@@ -225,9 +260,14 @@ impl Scheduler {
             reply,
             trace: trace.map(|span| Queued::new(span.clone())),
         });
+        st.rows += rows;
         sh.metrics.queue_depth.set(st.jobs.len() as f64);
+        sh.queued.store(st.jobs.len(), Ordering::Release);
+        let wake = st.idle > 0 || (st.filling > 0 && st.may_dispatch(&sh.cfg, deadline.is_some()));
         drop(st);
-        sh.work.notify_one();
+        if wake {
+            sh.work.notify_one();
+        }
         Ok(rx)
     }
 
@@ -259,13 +299,33 @@ impl Drop for Scheduler {
 
 fn instance(sh: &Shared, i: usize) {
     let backend = sh.backends[i % sh.backends.len()].as_ref();
-    while let Some(batch) = next_batch(sh) {
+    let mut spin = true;
+    while let Some(batch) = next_batch(sh, &mut spin) {
         execute(sh, backend, batch);
     }
 }
 
+/// Spins up to `SPIN` for a job to be queued; whether one was.
+fn spin_for_work(sh: &Shared) -> bool {
+    let until = Instant::now() + SPIN;
+    loop {
+        for _ in 0..64 {
+            if sh.queued.load(Ordering::Acquire) > 0 {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        // A thread of the network side waiting for this core runs first.
+        std::thread::yield_now();
+    }
+}
+
 /// Removes requests nobody waits for any more and answers those past their deadline.
-fn purge(jobs: &mut VecDeque<Job>, label: &str, now: Instant) {
+fn purge(st: &mut State, label: &str, now: Instant) {
+    let jobs = &mut st.jobs;
     if !jobs
         .iter()
         .any(|j| j.reply.is_closed() || j.deadline.is_some_and(|d| d <= now))
@@ -283,23 +343,40 @@ fn purge(jobs: &mut VecDeque<Job>, label: &str, now: Instant) {
         }
     }
     *jobs = kept;
+    st.rows = st.jobs.iter().map(|j| j.rows).sum();
 }
 
 /// Waits for work and takes the next batch; `None` when the scheduler closed and
 /// its queue is empty.
-fn next_batch(sh: &Shared) -> Option<Vec<Job>> {
+/// `spin`: whether to spin before sleeping (the last wait for work was
+/// shorter than `SPIN`); updated with this wait.
+fn next_batch(sh: &Shared, spin: &mut bool) -> Option<Vec<Job>> {
     let cfg = &sh.cfg;
     let mut st = sh.lock();
+    let mut waiting_since = None;
     loop {
         let now = Instant::now();
-        purge(&mut st.jobs, &cfg.label, now);
+        purge(&mut st, &cfg.label, now);
         if st.jobs.is_empty() {
             sh.metrics.queue_depth.set(0.0);
+            sh.queued.store(0, Ordering::Release);
             if st.closed {
                 return None;
             }
+            let since = *waiting_since.get_or_insert(now);
+            if *spin && now.duration_since(since) < SPIN {
+                drop(st);
+                spin_for_work(sh);
+                st = sh.lock();
+                continue;
+            }
+            st.idle += 1;
             st = sh.work.wait(st).unwrap_or_else(|p| p.into_inner());
+            st.idle -= 1;
             continue;
+        }
+        if let Some(since) = waiting_since.take() {
+            *spin = since.elapsed() < SPIN;
         }
         let take = if cfg.batches() {
             let (rows, picks, full) = compatible(&st.jobs, cfg.max_batch_size, cfg.max_batch_cost);
@@ -317,11 +394,13 @@ fn next_batch(sh: &Shared) -> Option<Vec<Job>> {
                     .filter_map(|j| j.deadline)
                     .fold(dispatch_at, Instant::min);
                 let wait = until.saturating_duration_since(now);
+                st.filling += 1;
                 st = sh
                     .work
                     .wait_timeout(st, wait)
                     .unwrap_or_else(|p| p.into_inner())
                     .0;
+                st.filling -= 1;
                 continue;
             }
             picks
@@ -329,8 +408,10 @@ fn next_batch(sh: &Shared) -> Option<Vec<Job>> {
             vec![0]
         };
         let batch = remove(&mut st.jobs, &take);
+        st.rows -= batch.iter().map(|j| j.rows).sum::<usize>();
         sh.metrics.queue_depth.set(st.jobs.len() as f64);
-        let more = !st.jobs.is_empty();
+        sh.queued.store(st.jobs.len(), Ordering::Release);
+        let more = !st.jobs.is_empty() && st.idle + st.filling > 0;
         drop(st);
         if more {
             // Another idle instance can take what is left.
@@ -687,6 +768,30 @@ mod tests {
         }
         let execs = b.executions.lock().unwrap().clone();
         assert_eq!(execs, vec![4, 4]);
+    }
+
+    #[test]
+    fn only_a_job_that_may_end_the_delay_wakes_a_filling_instance() {
+        let mut c = cfg(8, 1000, 64, 1);
+        c.preferred_batch_sizes = vec![4];
+        let at = |rows| State {
+            jobs: VecDeque::new(),
+            closed: false,
+            rows,
+            idle: 0,
+            filling: 1,
+        };
+        assert!(!at(3).may_dispatch(&c, false));
+        assert!(at(4).may_dispatch(&c, false), "a preferred size");
+        assert!(!at(5).may_dispatch(&c, false));
+        assert!(at(8).may_dispatch(&c, false), "a full batch");
+        assert!(at(9).may_dispatch(&c, false));
+        assert!(at(3).may_dispatch(&c, true), "a deadline may end the wait");
+        c.max_batch_cost = Some(100);
+        assert!(
+            at(1).may_dispatch(&c, false),
+            "a cost budget may fill first"
+        );
     }
 
     #[tokio::test]
