@@ -27,6 +27,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// See Cargo.toml for why.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let args = cli::Args::parse();
     // ONNX Runtime 1.31 sends usage telemetry unless told not to, and a server
@@ -36,7 +40,11 @@ fn main() -> anyhow::Result<()> {
         std::env::set_var("ORT_DISABLE_TELEMETRY", "1");
     }
     let (installed, telemetry) = telemetry::install(&args)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.io_threads {
+        runtime.worker_threads(usize::from(n));
+    }
+    let runtime = runtime
         .enable_all()
         .thread_name("kiln-io")
         .build()
