@@ -296,6 +296,14 @@ impl BackendFactory for OrtFactory {
                     .with_intra_op_spinning(spin)
                     .map_err(|e| load_err(ort::Error::<()>::from(e).to_string()))?;
             }
+            if let Some(between) = req.config.intra_op_spin_between_runs {
+                // ONNX Runtime's "force spinning stop": the pool's threads stop
+                // spinning when the last concurrent Run returns.
+                let stop = if between { "0" } else { "1" };
+                builder = builder
+                    .with_config_entry("session.force_spinning_stop", stop)
+                    .map_err(|e| load_err(ort::Error::<()>::from(e).to_string()))?;
+            }
             if let Some(n) = req.config.intra_op_threads.filter(|&n| n > 0) {
                 builder = builder
                     .with_intra_threads(n)

@@ -126,6 +126,13 @@ pub struct Args {
     #[arg(long, env = "KILN_MAX_INFLIGHT_BYTES")]
     pub max_inflight_bytes: Option<usize>,
 
+    /// Threads that serve the network side (HTTP, gRPC, encoding and decoding).
+    /// Compute runs on threads of its own, one per model instance, so on a small
+    /// machine fewer network threads leave the cores to compute. Default: the
+    /// CPUs this process may use.
+    #[arg(long, env = "KILN_IO_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub io_threads: Option<u16>,
+
     /// Connections each listener (REST, gRPC, metrics) holds open at once; one over
     /// it waits in the kernel's backlog until another closes. Default: a third of
     /// the open-file limit (raised to its hard limit at start) less 256, from 16 to

@@ -104,6 +104,11 @@ pub struct ConfigFile {
     /// network side between executions: more throughput when cores are scarce,
     /// more latency per execution.
     pub intra_op_spinning: Option<bool>,
+    /// Whether those threads go on spinning after an execution ends, waiting
+    /// for the next (default: the runtime's own, yes). No: they spin within an
+    /// execution, between its operators, and sleep between executions, so an
+    /// idle or lightly loaded server does not burn cores waiting.
+    pub intra_op_spin_between_runs: Option<bool>,
     /// Model file name inside each version folder. Default `model.onnx`
     /// (`model.safetensors` for Candle).
     pub default_model_filename: Option<String>,

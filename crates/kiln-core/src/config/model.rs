@@ -121,6 +121,7 @@ pub struct ModelConfig {
     /// `None`: the runtime's default.
     pub intra_op_threads: Option<usize>,
     pub intra_op_spinning: Option<bool>,
+    pub intra_op_spin_between_runs: Option<bool>,
     pub model_filename: String,
     /// `default_model_filename` was set: only that file is the model. Else a
     /// version without the default file may hold its model under another name
@@ -156,6 +157,7 @@ impl Default for ModelConfig {
             timeout: None,
             intra_op_threads: None,
             intra_op_spinning: None,
+            intra_op_spin_between_runs: None,
             model_filename: DEFAULT_MODEL_FILENAME.into(),
             model_filename_chosen: false,
             family: None,
@@ -438,6 +440,7 @@ impl TryFrom<ConfigFile> for ModelConfig {
             timeout: f.timeout_us.filter(|&t| t > 0).map(Duration::from_micros),
             intra_op_threads,
             intra_op_spinning: f.intra_op_spinning,
+            intra_op_spin_between_runs: f.intra_op_spin_between_runs,
             model_filename,
             model_filename_chosen,
             family,
