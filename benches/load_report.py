@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Turns a benches/load.sh output folder into summary tables (Markdown, stdout) and
-load.png. Medians over repetitions with min-max spreads; the average batch size is
-the server's own inference count / execution count as perf_analyzer reports it
-(Triton statistics extension); the in-process limit is interpolated at that batch
-size from limit.jsonl.
+load.png. Medians over repetitions with min-max spreads. Each point is a kiln-bench
+JSON report (throughput, latency, the server's CPU per request from its process
+tree) and the server's statistics extension before and after it (inference count /
+execution count = the batch it formed; n/a for MLServer, which has none); the
+in-process limit (samples/s and CPU per sample) is interpolated at that batch size
+from limit.jsonl.
 
     load_report.py OUT_DIR
 """
-import csv
 import glob
 import json
 import os
@@ -15,7 +16,7 @@ import re
 import statistics
 import sys
 
-TARGETS = ["kiln-grpc", "kiln-http", "kiln-grpc-nobatch", "kiln-grpc-8rows", "mlserver-grpc"]
+TARGETS = ["kiln-grpc", "kiln-http", "kiln-grpc-nobatch", "mlserver-grpc", "triton-grpc"]
 
 
 def med(xs):
@@ -30,37 +31,39 @@ def spread(xs, fmt="{:,.0f}"):
 
 def load_points(d):
     pts = {}
-    for f in sorted(glob.glob(os.path.join(d, "*__*__c*__r*.csv"))):
-        m = re.match(r"(.+)__(.+)__c(\d+)__r(\d+)\.csv", os.path.basename(f))
+    for f in sorted(glob.glob(os.path.join(d, "*__*__c*__r*.json"))):
+        m = re.match(r"(.+)__(.+)__c(\d+)__r(\d+)\.json", os.path.basename(f))
         target, model, c = m.group(1), m.group(2).replace("_nobatch", ""), int(m.group(3))
-        rows = list(csv.DictReader(open(f)))
-        if not rows:
-            continue
-        r = rows[-1]
-        log = open(f[:-4] + ".log", errors="replace").read()
-        inf = re.search(r"Server:\s*\n\s*Inference count: (\d+)\s*\n\s*Execution count: (\d+)", log)
-        batch = int(inf.group(1)) / int(inf.group(2)) if inf and int(inf.group(2)) > 0 else None
-        p = pts.setdefault((model, target, c), {"tput": [], "p50": [], "p90": [], "p99": [], "batch": []})
-        p["tput"].append(float(r["Inferences/Second"]))
+        r = json.load(open(f))
+        n0, e0, n1, e1 = map(int, open(f[:-5] + ".stats").read().split())
+        batch = (n1 - n0) / (e1 - e0) if e1 > e0 else None
+        p = pts.setdefault((model, target, c),
+                           {"tput": [], "p50": [], "p90": [], "p99": [], "batch": [], "cpu": [], "failed": 0})
+        p["tput"].append(r["throughput_per_sec"])
         for q in ("p50", "p90", "p99"):
-            p[q].append(float(r[f"{q} latency"]))
+            p[q].append(r["latency"][f"{q}_us"])
+        if r.get("server_cpu"):
+            p["cpu"].append(r["server_cpu"]["us_per_request"])
+        p["failed"] += r["failed"]
         if batch:
             p["batch"].append(batch)
     return pts
 
 
 def load_limit(d):
+    """{(model, batch): (samples/s, CPU µs per sample)}, medians over reps."""
     lim = {}
     path = os.path.join(d, "limit.jsonl")
     if os.path.exists(path):
         for line in open(path):
             r = json.loads(line)
-            lim.setdefault((r["model"], r["batch"]), []).append(r["samples_per_s"])
-    return {k: med(v) for k, v in lim.items()}
+            lim.setdefault((r["model"], r["batch"]), []).append((r["samples_per_s"], r["cpu_us_per_sample"]))
+    return {k: (med([x for x, _ in v]), med([y for _, y in v])) for k, v in lim.items()}
 
 
 def limit_at(lim, model, batch):
-    """In-process samples/s at a (fractional) batch size, interpolated linearly."""
+    """In-process (samples/s, CPU µs per sample) at a (fractional) batch size,
+    interpolated linearly."""
     sizes = sorted(b for (m, b) in lim if m == model)
     if not sizes or batch is None:
         return None
@@ -69,7 +72,7 @@ def limit_at(lim, model, batch):
     for lo, hi in zip(sizes, sizes[1:]):
         if lo <= batch <= hi:
             t = (batch - lo) / (hi - lo)
-            return lim[(model, lo)] * (1 - t) + lim[(model, hi)] * t
+            return tuple(a * (1 - t) + b * t for a, b in zip(lim[(model, lo)], lim[(model, hi)]))
     return lim[(model, sizes[-1])]
 
 
@@ -83,8 +86,10 @@ def main(d):
     concs = sorted({c for (_, _, c) in pts})
     for model in models:
         print(f"### {model}\n")
-        print("| server | concurrency | infer/s (median, min-max) | p50 µs | p90 µs | p99 µs | avg batch | in-process limit at that batch, samples/s | of limit |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("| server | c | infer/s (median, min-max) | p50 µs | p90 µs | p99 µs | server CPU µs/inference "
+              "(median, min-max) | batch | in-process at that batch: samples/s, CPU µs/sample | of in-process "
+              "throughput | CPU / in-process |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for target in TARGETS:
             for c in concs:
                 p = pts.get((model, target, c))
@@ -92,36 +97,48 @@ def main(d):
                     continue
                 b = med(p["batch"]) if p["batch"] else None
                 limit = limit_at(lim, model, b) if b else None
-                eff = f"{100 * med(p['tput']) / limit:.0f}%" if limit else "n/a"
-                print(f"| {target} | {c} | {spread(p['tput'])} | {med(p['p50']):,.0f} | {med(p['p90']):,.0f} | "
-                      f"{med(p['p99']):,.0f} | {f'{b:.1f}' if b else 'n/a'} | {f'{limit:,.0f}' if limit else 'n/a'} | {eff} |")
+                cpu = med(p["cpu"]) if p["cpu"] else None
+                inproc = f"{limit[0]:,.0f}, {limit[1]:.1f}" if limit else "n/a"
+                eff = f"{100 * med(p['tput']) / limit[0]:.0f}%" if limit else "n/a"
+                ratio = f"{cpu / limit[1]:.2f}x" if limit and cpu else "n/a"
+                failed = f" ({p['failed']} failed)" if p["failed"] else ""
+                print(f"| {target} | {c} | {spread(p['tput'])}{failed} | {med(p['p50']):,.0f} | {med(p['p90']):,.0f} | "
+                      f"{med(p['p99']):,.0f} | {spread(p['cpu'], '{:.1f}')} | {f'{b:.1f}' if b else 'n/a'} | "
+                      f"{inproc} | {eff} | {ratio} |")
         print()
         sizes = sorted(b for (m, b) in lim if m == model)
         if sizes:
-            print("In-process ONNX Runtime (median over reps), samples/s by batch size: " +
-                  ", ".join(f"{b}: {lim[(model, b)]:,.0f}" for b in sizes) + "\n")
+            print("In-process ONNX Runtime (median over reps) by batch size, samples/s and CPU µs per sample: " +
+                  ", ".join(f"{b}: {lim[(model, b)][0]:,.0f} / {lim[(model, b)][1]:.1f}" for b in sizes) + "\n")
 
     print("### Targets\n")
     def get(model, target, c, key="tput"):
         p = pts.get((model, target, c))
         return med(p[key]) if p and p[key] else None
-    top = max(concs) if concs else None
     p50 = get("mlp_tiny", "kiln-grpc", 1, "p50")
     if p50 is not None:
-        print(f"- Tiny MLP, gRPC, concurrency 1: p50 {p50:,.0f} µs (target ≤ 200 µs): {'met' if p50 <= 200 else 'MISSED'}")
-    mls = get("mlp_tiny", "mlserver-grpc", top)
-    for t in ("kiln-grpc", "kiln-http"):
-        k = get("mlp_tiny", t, top)
-        if k and mls:
-            print(f"- Tiny MLP, concurrency {top}, {t}: {k:,.0f} infer/s = {k / mls:.1f}x MLServer's {mls:,.0f} (target ≥ 10x): {'met' if k >= 10 * mls else 'MISSED'}")
-    for t in ("kiln-grpc", "kiln-http", "kiln-grpc-8rows"):
-        p = pts.get(("mlp_heavy", t, top))
-        if p and p["batch"]:
-            b = med(p["batch"])
-            limit = limit_at(lim, "mlp_heavy", b)
-            k = med(p["tput"])
-            if limit:
-                print(f"- Heavy MLP, concurrency {top}, {t}: {k:,.0f} samples/s at average batch {b:.1f} = {100 * k / limit:.0f}% of in-process {limit:,.0f} (target ≥ 85%): {'met' if k >= 0.85 * limit else 'MISSED'}")
+        print(f"- Tiny MLP, gRPC, concurrency 1: p50 {p50:,.0f} µs")
+    cpu = get("mlp_tiny", "kiln-grpc", 16, "cpu")
+    if cpu is not None:
+        print(f"- Tiny MLP, gRPC, concurrency 16: {cpu:.1f} µs of server CPU per inference (target ≤ 20): "
+              f"{'met' if cpu <= 20 else 'MISSED'}")
+    p = pts.get(("mlp_heavy", "kiln-grpc", 16))
+    if p and p["batch"] and p["cpu"]:
+        b = med(p["batch"])
+        limit = limit_at(lim, "mlp_heavy", b)
+        if limit:
+            r = med(p["cpu"]) / limit[1]
+            print(f"- Heavy MLP, gRPC, concurrency 16: {med(p['cpu']):.1f} µs of server CPU per inference at batch "
+                  f"{b:.1f}, in-process {limit[1]:.1f} µs per sample: {r:.2f}x (target ≤ 1.3x): "
+                  f"{'met' if r <= 1.3 else 'MISSED'}")
+    top = max(concs) if concs else None
+    for peer in ("mlserver-grpc", "triton-grpc"):
+        for model in models:
+            k, o = get(model, "kiln-grpc", top), get(model, peer, top)
+            kc, oc = get(model, "kiln-grpc", top, "cpu"), get(model, peer, top, "cpu")
+            if k and o and kc and oc:
+                print(f"- {model}, concurrency {top}: kiln-grpc {k:,.0f} infer/s = {k / o:.1f}x {peer}'s {o:,.0f}; "
+                      f"server CPU per inference {kc:.1f} µs against {oc:.1f} µs ({oc / kc:.1f}x less)")
     on, off = get("mlp_heavy", "kiln-grpc", top), get("mlp_heavy", "kiln-grpc-nobatch", top)
     if on and off:
         print(f"- Heavy MLP, concurrency {top}, gRPC: batching on {on:,.0f} vs off {off:,.0f} infer/s: gain {on / off:.2f}x")
@@ -136,9 +153,9 @@ def plot(d, pts, lim, models, concs):
     except ImportError:
         print("\n(matplotlib missing: no plot)")
         return
-    fig, axes = plt.subplots(2, len(models), figsize=(6 * len(models), 8), squeeze=False)
+    fig, axes = plt.subplots(3, len(models), figsize=(6 * len(models), 12), squeeze=False)
     for i, model in enumerate(models):
-        ax_t, ax_l = axes[0][i], axes[1][i]
+        ax_t, ax_l, ax_c = axes[0][i], axes[1][i], axes[2][i]
         for k, target in enumerate(TARGETS):
             cs = [c for c in concs if (model, target, c) in pts]
             if not cs:
@@ -150,14 +167,20 @@ def plot(d, pts, lim, models, concs):
                       label=f"{target} p50")
             ax_l.plot(cs, [med(pts[(model, target, c)]["p99"]) for c in cs], marker="x", linestyle=":",
                       color=color, label=f"{target} p99")
+            cc = [c for c in cs if pts[(model, target, c)]["cpu"]]
+            ax_c.plot(cc, [med(pts[(model, target, c)]["cpu"]) for c in cc], marker="o", color=color, label=target)
         sizes = sorted(b for (m, b) in lim if m == model)
         if sizes:
-            ax_t.axhline(lim[(model, sizes[-1])], color="grey", linestyle="--",
+            ax_t.axhline(lim[(model, sizes[-1])][0], color="grey", linestyle="--",
                          label=f"in-process ORT, batch {sizes[-1]}")
-        for ax in (ax_t, ax_l):
+            ax_c.axhline(lim[(model, sizes[-1])][1], color="grey", linestyle="--",
+                         label=f"in-process ORT, batch {sizes[-1]}")
+            ax_c.axhline(lim[(model, sizes[0])][1], color="grey", linestyle=":",
+                         label=f"in-process ORT, batch {sizes[0]}")
+        for ax in (ax_t, ax_l, ax_c):
             ax.set_xscale("log", base=2)
             ax.set_xticks(concs, [str(c) for c in concs])
-            ax.set_xlabel("concurrency (perf_analyzer)")
+            ax.set_xlabel("concurrency (kiln-bench, closed loop)")
             ax.grid(True, alpha=0.3)
         ax_t.set_yscale("log")
         ax_t.set_ylabel("inferences/s")
@@ -165,8 +188,12 @@ def plot(d, pts, lim, models, concs):
         ax_l.set_yscale("log")
         ax_l.set_ylabel("latency µs")
         ax_l.set_title(f"{model}: latency")
+        ax_c.set_yscale("log")
+        ax_c.set_ylabel("server CPU µs per inference")
+        ax_c.set_title(f"{model}: CPU per inference")
         ax_t.legend(fontsize=7)
         ax_l.legend(fontsize=6)
+        ax_c.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(d, "load.png"), dpi=110)
 
