@@ -109,8 +109,6 @@ impl Job {
 struct State {
     jobs: VecDeque<Job>,
     closed: bool,
-    /// Rows queued (the sum over `jobs`).
-    rows: usize,
     /// Instances waiting on `work` for any job. A submitter wakes one only when
     /// there is one: an instance that is computing, or spinning, finds the job
     /// when it next looks (under the same lock), and a futex wake nobody waits
@@ -124,10 +122,11 @@ struct State {
 impl State {
     /// Whether a job just queued may end a `filling` instance's wait early.
     fn may_dispatch(&self, cfg: &SchedulerConfig, deadline: bool) -> bool {
-        self.rows >= cfg.max_batch_size
-            || cfg.preferred_batch_sizes.contains(&self.rows)
-            || cfg.max_batch_cost.is_some()
-            || deadline
+        if deadline || cfg.max_batch_cost.is_some() {
+            return true;
+        }
+        let rows: usize = self.jobs.iter().map(|j| j.rows).sum();
+        rows >= cfg.max_batch_size || cfg.preferred_batch_sizes.contains(&rows)
     }
 }
 
@@ -155,6 +154,13 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publishes the queue's depth after it changed: the gauge, and the count a
+    /// spinning instance reads.
+    fn queue_changed(&self, st: &State) {
+        self.metrics.queue_depth.set(st.jobs.len() as f64);
+        self.queued.store(st.jobs.len(), Ordering::Release);
     }
 }
 
@@ -192,7 +198,6 @@ impl Scheduler {
             state: Mutex::new(State {
                 jobs: VecDeque::new(),
                 closed: false,
-                rows: 0,
                 idle: 0,
                 filling: 0,
             }),
@@ -241,7 +246,7 @@ impl Scheduler {
         }
         if st.jobs.len() >= sh.cfg.max_queue_size {
             // Requests whose clients left or whose deadline passed give up their places.
-            purge(&mut st, &sh.cfg.label, Instant::now());
+            purge(&mut st.jobs, &sh.cfg.label, Instant::now());
         }
         if st.jobs.len() >= sh.cfg.max_queue_size {
             return Err(KilnError::unavailable(format!(
@@ -260,9 +265,7 @@ impl Scheduler {
             reply,
             trace: trace.map(|span| Queued::new(span.clone())),
         });
-        st.rows += rows;
-        sh.metrics.queue_depth.set(st.jobs.len() as f64);
-        sh.queued.store(st.jobs.len(), Ordering::Release);
+        sh.queue_changed(&st);
         let wake = st.idle > 0 || (st.filling > 0 && st.may_dispatch(&sh.cfg, deadline.is_some()));
         drop(st);
         if wake {
@@ -305,18 +308,18 @@ fn instance(sh: &Shared, i: usize) {
     }
 }
 
-/// Spins up to `SPIN` for a job to be queued; whether one was.
-fn spin_for_work(sh: &Shared) -> bool {
+/// Spins until a job is queued, or for `SPIN`.
+fn spin_for_work(sh: &Shared) {
     let until = Instant::now() + SPIN;
     loop {
         for _ in 0..64 {
             if sh.queued.load(Ordering::Acquire) > 0 {
-                return true;
+                return;
             }
             std::hint::spin_loop();
         }
         if Instant::now() >= until {
-            return false;
+            return;
         }
         // A thread of the network side waiting for this core runs first.
         std::thread::yield_now();
@@ -324,8 +327,7 @@ fn spin_for_work(sh: &Shared) -> bool {
 }
 
 /// Removes requests nobody waits for any more and answers those past their deadline.
-fn purge(st: &mut State, label: &str, now: Instant) {
-    let jobs = &mut st.jobs;
+fn purge(jobs: &mut VecDeque<Job>, label: &str, now: Instant) {
     if !jobs
         .iter()
         .any(|j| j.reply.is_closed() || j.deadline.is_some_and(|d| d <= now))
@@ -343,7 +345,6 @@ fn purge(st: &mut State, label: &str, now: Instant) {
         }
     }
     *jobs = kept;
-    st.rows = st.jobs.iter().map(|j| j.rows).sum();
 }
 
 /// Waits for work and takes the next batch; `None` when the scheduler closed and
@@ -356,10 +357,9 @@ fn next_batch(sh: &Shared, spin: &mut bool) -> Option<Vec<Job>> {
     let mut waiting_since = None;
     loop {
         let now = Instant::now();
-        purge(&mut st, &cfg.label, now);
+        purge(&mut st.jobs, &cfg.label, now);
         if st.jobs.is_empty() {
-            sh.metrics.queue_depth.set(0.0);
-            sh.queued.store(0, Ordering::Release);
+            sh.queue_changed(&st);
             if st.closed {
                 return None;
             }
@@ -408,9 +408,7 @@ fn next_batch(sh: &Shared, spin: &mut bool) -> Option<Vec<Job>> {
             vec![0]
         };
         let batch = remove(&mut st.jobs, &take);
-        st.rows -= batch.iter().map(|j| j.rows).sum::<usize>();
-        sh.metrics.queue_depth.set(st.jobs.len() as f64);
-        sh.queued.store(st.jobs.len(), Ordering::Release);
+        sh.queue_changed(&st);
         let more = !st.jobs.is_empty() && st.idle + st.filling > 0;
         drop(st);
         if more {
@@ -774,10 +772,18 @@ mod tests {
     fn only_a_job_that_may_end_the_delay_wakes_a_filling_instance() {
         let mut c = cfg(8, 1000, 64, 1);
         c.preferred_batch_sizes = vec![4];
+        // A queue holding `rows` rows, in one job.
         let at = |rows| State {
-            jobs: VecDeque::new(),
+            jobs: VecDeque::from([Job {
+                inputs: Vec::new(),
+                rows,
+                cost: 1,
+                enqueued: Instant::now(),
+                deadline: None,
+                reply: oneshot::channel().0,
+                trace: None,
+            }]),
             closed: false,
-            rows,
             idle: 0,
             filling: 1,
         };
