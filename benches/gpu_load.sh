@@ -33,7 +33,8 @@ done
 if [ "$minilm" = 1 ]; then
   src=$D/models/minilm; [ -d "$src" ] || src=$PWD/models/minilm
   mkdir -p "$repo/minilm" && cp -r "$src/1" "$repo/minilm/"
-  { grep -v '^device' "$src/config.toml"; echo "device = \"$device\""; } >"$repo/minilm/config.toml"
+  # Candle, as the in-process limit below (minilm_inprocess) runs it.
+  { grep -v '^device\|^backend' "$src/config.toml"; echo "backend = \"candle\""; echo "device = \"$device\""; } >"$repo/minilm/config.toml"
   seed="The quick brown fox jumps over the lazy dog while the server answers every request in order. "
   long="${seed}${seed}${seed}${seed}${seed}${seed}one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen"
   printf '{"data": [{"text": ["%s"]}]}' "A man is eating a piece of bread today." >"$out/short.json"

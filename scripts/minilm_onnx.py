@@ -3,7 +3,7 @@
 `model.safetensors` and `config.json` the Candle backend loads: no PyTorch, no
 export, the weights copied as they are.
 
-    python scripts/minilm_onnx.py models/minilm/1 OUT.onnx [--portable]
+    python scripts/minilm_onnx.py models/minilm/1 OUT.onnx [--portable] [--hidden-states]
 
 Inputs `input_ids` and `attention_mask` (INT64 [batch, seq]; token types are all 0,
 as sentence-transformers sends them); output `embedding` (FP32 [batch, hidden]):
@@ -11,12 +11,18 @@ the last hidden states mean-pooled over the real tokens and L2-normalised, as
 sentence-transformers' all-MiniLM-L6-v2 does. Attention is ONNX Runtime's fused
 `com.microsoft.Attention` kernel (one QKV matmul, masked softmax, per head);
 `--portable` writes it from standard ONNX operators instead (slower in ONNX
-Runtime, runnable by any ONNX runtime). Written to find out how far another
-engine for the same weights gets against Candle and PyTorch (benches/README.md,
-"MiniLM engines").
+Runtime, runnable by any ONNX runtime). `--hidden-states` writes the graph as a
+Hugging Face export has it: a third input `token_type_ids` and the last hidden
+states `last_hidden_state` (FP32 [batch, seq, hidden]) out, unpooled (the server
+pools them; the tests serve both forms).
+
+scripts/fetch_minilm.py runs this to write models/minilm/1/model.onnx, which
+Kiln's ONNX Runtime backend serves with `family = "bert_embedding"`: 3-5x the
+Candle backend's throughput on the same weights (benches/README.md, "MiniLM").
 """
 import argparse
 import json
+import os
 import struct
 
 import numpy as np
@@ -83,7 +89,7 @@ def attention_fused(g, x, prefix, heads, mask32):
                 domain="com.microsoft", num_heads=heads)
 
 
-def build(folder, portable):
+def build(folder, portable, hidden_states=False):
     cfg = json.load(open(f"{folder}/config.json"))
     g = Graph(safetensors(f"{folder}/model.safetensors"))
     hidden, heads, eps = cfg["hidden_size"], cfg["num_attention_heads"], cfg["layer_norm_eps"]
@@ -93,7 +99,10 @@ def build(folder, portable):
     seq = g.op("Shape", ["input_ids"], start=1, end=2)
     pos = g.op("Slice", [g.const("pos", g.w[e + "position_embeddings.weight"]),
                          g.const("zero", np.array([0], np.int64)), seq, g.const("axis0", np.array([0], np.int64))])
-    x = g.op("Add", [g.op("Add", [word, pos]), g.const("type0", g.w[e + "token_type_embeddings.weight"][0])])
+    types = g.w[e + "token_type_embeddings.weight"]
+    typed = (g.op("Gather", [g.const("types", types), "token_type_ids"]) if hidden_states
+             else g.const("type0", types[0]))
+    x = g.op("Add", [g.op("Add", [word, pos]), typed])
     x = g.layer_norm(x, e + "LayerNorm", eps)
     mask = g.op("Cast", ["attention_mask"], to=TensorProto.FLOAT)
     if portable:
@@ -116,18 +125,25 @@ def build(folder, portable):
         # GELU as BERT has it: x/2 (1 + erf(x / sqrt 2)).
         gelu = g.op("Mul", [g.op("Mul", [f, half]), g.op("Add", [g.op("Erf", [g.op("Div", [f, sqrt2])]), one])])
         x = g.layer_norm(g.op("Add", [g.linear(gelu, p + "output.dense"), x]), p + "output.LayerNorm", eps)
-    # Mean over the real tokens, then L2 normalisation (the norm floored at 1e-12).
-    m3 = g.op("Unsqueeze", [mask, g.const("axis2", np.array([2], np.int64))])
-    axis1 = g.const("axis1", np.array([1], np.int64))
-    mean = g.op("Div", [g.op("ReduceSum", [g.op("Mul", [x, m3]), axis1], keepdims=0),
-                        g.op("ReduceSum", [m3, axis1], keepdims=0)])
-    norm = g.op("Max", [g.op("Sqrt", [g.op("ReduceSum", [g.op("Mul", [mean, mean]), axis1], keepdims=1)]),
-                        g.const("floor", np.array(1e-12, np.float32))])
-    g.nodes.append(helper.make_node("Div", [mean, norm], ["embedding"]))
+    names = ["input_ids", "attention_mask"]
+    if hidden_states:
+        g.nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"]))
+        names.append("token_type_ids")
+        out = helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "seq", hidden])
+    else:
+        # Mean over the real tokens, then L2 normalisation (the norm floored at 1e-12).
+        m3 = g.op("Unsqueeze", [mask, g.const("axis2", np.array([2], np.int64))])
+        axis1 = g.const("axis1", np.array([1], np.int64))
+        mean = g.op("Div", [g.op("ReduceSum", [g.op("Mul", [x, m3]), axis1], keepdims=0),
+                            g.op("ReduceSum", [m3, axis1], keepdims=0)])
+        norm = g.op("Max", [g.op("Sqrt", [g.op("ReduceSum", [g.op("Mul", [mean, mean]), axis1], keepdims=1)]),
+                            g.const("floor", np.array(1e-12, np.float32))])
+        g.nodes.append(helper.make_node("Div", [mean, norm], ["embedding"]))
+        out = helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", hidden])
     graph = helper.make_graph(
         g.nodes, "minilm",
-        [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"]) for n in ("input_ids", "attention_mask")],
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", hidden])], g.inits)
+        [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"]) for n in names],
+        [out], g.inits)
     opsets = [helper.make_opsetid("", 17)] + ([] if portable else [helper.make_opsetid("com.microsoft", 1)])
     model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 8
@@ -141,8 +157,17 @@ def main():
     ap.add_argument("folder")
     ap.add_argument("out")
     ap.add_argument("--portable", action="store_true", help="standard ONNX operators only")
+    ap.add_argument("--hidden-states", action="store_true",
+                    help="token_type_ids in, last_hidden_state out (unpooled), as a Hugging Face export")
     a = ap.parse_args()
-    onnx.save(build(a.folder, a.portable), a.out)
+    write(a.folder, a.out, a.portable, a.hidden_states)
+
+
+def write(folder, out, portable=False, hidden_states=False):
+    """Builds the graph and writes it beside `out`, then renames it into place, so a
+    server polling the folder never sees half a file."""
+    onnx.save(build(folder, portable, hidden_states), out + ".part")
+    os.replace(out + ".part", out)
 
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ def test_server_and_model_metadata(kiln):
     cfg = g.get_model_config("digits_mlp", as_json=True)["config"]
     assert cfg["input"][0]["dims"] == ["64"] and cfg["max_batch_size"] == 32
     assert h.get_model_config("digits_mlp")["output"][1]["dims"] == [10]
-    # The example models, plus MiniLM (Candle) once scripts/fetch_minilm.py laid it out.
+    # The example models, plus MiniLM once scripts/fetch_minilm.py laid it out.
     names = {m["name"] for m in h.get_model_repository_index()}
     assert names - {"minilm"} == set(MODELS)
     assert all(m["state"] == "READY" for m in h.get_model_repository_index())

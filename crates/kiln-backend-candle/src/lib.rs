@@ -15,14 +15,10 @@ use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use kiln_core::backend::{Backend, BackendError, BackendFactory, LoadRequest};
 use kiln_core::config::ModelFamily;
 use kiln_core::{DataType, ModelSignature, Tensor, TensorSpec};
+use kiln_text::{read_json, TextEncoder};
 use std::path::Path;
-use tokenizers::{Tokenizer, TruncationParams};
 
 const NAME: &str = "candle";
-
-/// Input and output names of the `bert_embedding` family.
-pub const TEXT_INPUT: &str = "text";
-pub const EMBEDDING_OUTPUT: &str = "embedding";
 
 /// Loads safetensors model families with Candle (CPU).
 #[derive(Default)]
@@ -55,12 +51,6 @@ impl BackendFactory for CandleFactory {
             None => Err(err("backend = \"candle\" needs a family".into())),
         }
     }
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// A Candle error's message without the backtrace Candle attaches when
@@ -107,16 +97,9 @@ fn run_err(e: candle_core::Error) -> BackendError {
 /// BERT sentence embeddings.
 struct BertEmbedding {
     model: BertModel,
-    tokenizer: Tokenizer,
-    max_len: usize,
-    truncate: bool,
+    text: TextEncoder,
     signature: ModelSignature,
     device: Device,
-}
-
-#[derive(serde::Deserialize)]
-struct SentenceBertConfig {
-    max_seq_length: Option<usize>,
 }
 
 impl BertEmbedding {
@@ -131,94 +114,20 @@ impl BertEmbedding {
                 plain(&e)
             )
         })?;
-        let tok_path = dir.join("tokenizer.json");
-        let mut tokenizer = Tokenizer::from_file(&tok_path)
-            .map_err(|e| format!("cannot read {}: {e}", tok_path.display()))?;
-        // The model's own limit: sentence-transformers' max_seq_length, else the
-        // position embeddings; the config may lower it.
-        let own = dir
-            .join("sentence_bert_config.json")
-            .is_file()
-            .then(|| read_json::<SentenceBertConfig>(&dir.join("sentence_bert_config.json")))
-            .transpose()?
-            .and_then(|c| c.max_seq_length)
-            .unwrap_or(config.max_position_embeddings);
-        let max_len = req
-            .config
-            .max_sequence_length
-            .unwrap_or(own)
-            .min(config.max_position_embeddings);
-        let truncate = req.config.truncate;
-        // Padding happens per batch, to its longest text, with a real attention mask.
-        tokenizer.with_padding(None);
-        tokenizer
-            .with_truncation(truncate.then(|| TruncationParams {
-                max_length: max_len,
-                ..Default::default()
-            }))
-            .map_err(|e| format!("tokenizer truncation: {e}"))?;
-        let signature = ModelSignature {
-            inputs: vec![TensorSpec {
-                name: TEXT_INPUT.into(),
-                dtype: DataType::Bytes,
-                shape: vec![-1],
-            }],
-            outputs: vec![TensorSpec {
-                name: EMBEDDING_OUTPUT.into(),
-                dtype: DataType::Fp32,
-                shape: vec![-1, config.hidden_size as i64],
-            }],
-        };
+        let text = TextEncoder::load(dir, req.config, Some(config.max_position_embeddings))?;
         Ok(BertEmbedding {
             model,
-            tokenizer,
-            max_len,
-            truncate,
-            signature,
+            text,
+            signature: kiln_text::embedding_signature(config.hidden_size),
             device,
         })
     }
 
-    /// Token ids of each text (special tokens included).
-    fn tokenize(&self, texts: &Tensor) -> Result<Vec<Vec<u32>>, BackendError> {
-        let elements = texts
-            .byte_elements()
-            .map_err(|e| BackendError::InvalidInput(e.to_string()))?;
-        let mut ids = Vec::with_capacity(elements.len());
-        for (i, raw) in elements.iter().enumerate() {
-            let text = std::str::from_utf8(raw).map_err(|e| {
-                BackendError::InvalidInput(format!(
-                    "input '{TEXT_INPUT}' element {i} is not UTF-8 text ({e})"
-                ))
-            })?;
-            let enc = self
-                .tokenizer
-                .encode(text, true)
-                .map_err(|e| BackendError::Run(format!("tokenizer: {e}")))?;
-            if !self.truncate && enc.len() > self.max_len {
-                return Err(BackendError::InvalidInput(format!(
-                    "input '{TEXT_INPUT}' element {i} has {} tokens, over the model's limit of {} (truncate = false)",
-                    enc.len(),
-                    self.max_len
-                )));
-            }
-            ids.push(enc.get_ids().to_vec());
-        }
-        Ok(ids)
-    }
-
     /// Mean pooling over real tokens, then L2 normalisation.
     fn embed(&self, ids: &[Vec<u32>]) -> Result<Vec<f32>, candle_core::Error> {
-        let batch = ids.len();
-        let longest = ids.iter().map(Vec::len).max().unwrap_or(0);
-        let mut flat = vec![0u32; batch * longest];
-        let mut mask = vec![0u32; batch * longest];
-        for (row, seq) in ids.iter().enumerate() {
-            flat[row * longest..row * longest + seq.len()].copy_from_slice(seq);
-            mask[row * longest..row * longest + seq.len()].fill(1);
-        }
-        let input_ids = CTensor::from_vec(flat, (batch, longest), &self.device)?;
-        let mask = CTensor::from_vec(mask, (batch, longest), &self.device)?;
+        let p = kiln_text::pad(ids);
+        let input_ids = CTensor::from_vec(p.ids, (p.rows, p.len), &self.device)?;
+        let mask = CTensor::from_vec(p.mask, (p.rows, p.len), &self.device)?;
         let type_ids = input_ids.zeros_like()?;
         let hidden = self.model.forward(&input_ids, &type_ids, Some(&mask))?;
         let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
@@ -235,18 +144,8 @@ impl Backend for BertEmbedding {
         &self.signature
     }
 
-    /// Tokens of the longest text, estimated without tokenising: WordPiece makes
-    /// at most one token per byte, plus [CLS] and [SEP]; capped at the limit.
     fn row_cost(&self, inputs: &[Tensor]) -> Option<usize> {
-        let longest = inputs
-            .first()?
-            .byte_elements()
-            .ok()?
-            .iter()
-            .map(|t| t.len())
-            .max()
-            .unwrap_or(0);
-        Some((longest + 2).min(self.max_len))
+        self.text.row_cost(inputs)
     }
 
     fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, BackendError> {
@@ -254,7 +153,7 @@ impl Backend for BertEmbedding {
             .first()
             .ok_or_else(|| BackendError::Run("no input".into()))?;
         let hidden = self.signature.outputs[0].shape[1] as usize;
-        let ids = self.tokenize(texts)?;
+        let ids = self.text.encode(texts)?;
         let values = if ids.is_empty() {
             Vec::new()
         } else {

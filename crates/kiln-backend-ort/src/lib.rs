@@ -27,6 +27,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
+mod text;
+
 const NAME: &str = "onnxruntime";
 const LIB_PREFIX: &str = "libonnxruntime.so";
 
@@ -286,15 +288,53 @@ impl BackendFactory for OrtFactory {
         if req.device != Device::Cpu {
             self.preload_cuda(ort_library);
         }
-        // One session per instance on this device.
+        let sessions = Sessions::open(env, req).map_err(load_err)?;
+        let (inputs, outputs) = sessions
+            .with_session(|s| Ok((outlets(s.inputs()), outlets(s.outputs()))))
+            .map_err(|e| load_err(e.to_string()))?;
+        if req.config.family.is_some() {
+            let dir = req.path.parent().unwrap_or(Path::new("."));
+            let model = text::TextEmbedding::new(sessions, dir, req.config, &inputs, &outputs)
+                .map_err(load_err)?;
+            return Ok(Box::new(model));
+        }
+        let signature = ModelSignature {
+            inputs: specs(&inputs, "input").map_err(load_err)?,
+            outputs: specs(&outputs, "output").map_err(load_err)?,
+        };
+        let input_types = signature
+            .inputs
+            .iter()
+            .map(|s| element_type(s.dtype))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(load_err)?;
+        Ok(Box::new(OrtBackend {
+            sessions,
+            signature,
+            input_types,
+        }))
+    }
+}
+
+/// One ONNX Runtime session per instance of a version on one device: running a
+/// session needs exclusive access.
+pub(crate) struct Sessions {
+    sessions: Vec<Mutex<Session>>,
+    next: AtomicUsize,
+}
+
+impl Sessions {
+    /// `instances_per_device` sessions with the config's threading and device.
+    fn open(env: &ort::environment::Environment, req: &LoadRequest<'_>) -> Result<Self, String> {
+        let ort_err = |e: ort::Error<ort::session::builder::SessionBuilder>| {
+            ort::Error::<()>::from(e).to_string()
+        };
         let instances = req.config.instances_per_device;
         let mut sessions = Vec::with_capacity(instances);
         for _ in 0..instances {
-            let mut builder = Session::builder(env).map_err(|e| load_err(e.to_string()))?;
+            let mut builder = Session::builder(env).map_err(|e| e.to_string())?;
             if let Some(spin) = req.config.intra_op_spinning {
-                builder = builder
-                    .with_intra_op_spinning(spin)
-                    .map_err(|e| load_err(ort::Error::<()>::from(e).to_string()))?;
+                builder = builder.with_intra_op_spinning(spin).map_err(ort_err)?;
             }
             if let Some(between) = req.config.intra_op_spin_between_runs {
                 // ONNX Runtime's "force spinning stop": the pool's threads stop
@@ -302,12 +342,10 @@ impl BackendFactory for OrtFactory {
                 let stop = if between { "0" } else { "1" };
                 builder = builder
                     .with_config_entry("session.force_spinning_stop", stop)
-                    .map_err(|e| load_err(ort::Error::<()>::from(e).to_string()))?;
+                    .map_err(ort_err)?;
             }
             if let Some(n) = req.config.intra_op_threads.filter(|&n| n > 0) {
-                builder = builder
-                    .with_intra_threads(n)
-                    .map_err(|e| load_err(ort::Error::<()>::from(e).to_string()))?;
+                builder = builder.with_intra_threads(n).map_err(ort_err)?;
             }
             if let Device::Cuda(n) = req.device {
                 // Registration fails (rather than falling back to the CPU) when the
@@ -319,60 +357,68 @@ impl BackendFactory for OrtFactory {
                     .build()
                     .error_on_failure();
                 builder = builder.with_execution_providers([cuda]).map_err(|e| {
-                    let e = ort::Error::<()>::from(e).to_string();
+                    let e = ort_err(e);
                     let driver = if e.contains("libcuda.so") {
                         " (libcuda.so.1 is the NVIDIA driver's: this machine or container has no driver)"
                     } else {
                         ""
                     };
-                    load_err(format!(
+                    format!(
                         "device = \"cuda:{n}\": ONNX Runtime's CUDA execution provider cannot be used ({}); \
                          it needs the onnxruntime-gpu library (libonnxruntime_providers_cuda.so beside \
                          libonnxruntime.so), CUDA 13 and cuDNN 9 libraries, and a visible GPU {n}",
                         e.trim_end().to_string() + driver
-                    ))
+                    )
                 })?;
             }
             let session = builder
                 .commit_from_file(req.path)
-                .map_err(|e| load_err(e.to_string()))?;
+                .map_err(|e| e.to_string())?;
             sessions.push(Mutex::new(session));
         }
-        let first = sessions[0]
-            .lock()
-            .map_err(|_| load_err("session poisoned".into()))?;
-        let signature = ModelSignature {
-            inputs: specs(first.inputs(), "input").map_err(load_err)?,
-            outputs: specs(first.outputs(), "output").map_err(load_err)?,
-        };
-        let input_types = signature
-            .inputs
-            .iter()
-            .map(|s| element_type(s.dtype))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(load_err)?;
-        drop(first);
-        Ok(Box::new(OrtBackend {
+        Ok(Sessions {
             sessions,
             next: AtomicUsize::new(0),
-            signature,
-            input_types,
-        }))
+        })
+    }
+
+    /// Runs `f` on a free session if there is one, else on the next in turn
+    /// once it is free.
+    fn with_session<R>(
+        &self,
+        f: impl FnOnce(&mut Session) -> Result<R, BackendError>,
+    ) -> Result<R, BackendError> {
+        let n = self.sessions.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let mut guard = (0..n)
+            .find_map(|i| self.sessions[(start + i) % n].try_lock().ok())
+            .map(Ok)
+            .unwrap_or_else(|| self.sessions[start].lock())
+            .map_err(|_| BackendError::Run("session poisoned by an earlier panic".into()))?;
+        f(&mut guard)
     }
 }
 
-fn specs(outlets: &[ort::value::Outlet], what: &str) -> Result<Vec<TensorSpec>, String> {
+/// Names and types of a session's inputs or outputs.
+pub(crate) type Outlets = Vec<(String, ValueType)>;
+
+fn outlets(o: &[ort::value::Outlet]) -> Outlets {
+    o.iter()
+        .map(|o| (o.name().to_string(), o.dtype().clone()))
+        .collect()
+}
+
+fn specs(outlets: &Outlets, what: &str) -> Result<Vec<TensorSpec>, String> {
     outlets
         .iter()
-        .map(|o| match o.dtype() {
+        .map(|(name, dtype)| match dtype {
             ValueType::Tensor { ty, shape, .. } => Ok(TensorSpec {
-                name: o.name().to_string(),
-                dtype: data_type(*ty).ok_or_else(|| format!("{what} '{}' has element type {ty:?}, which Kiln does not serve", o.name()))?,
+                name: name.clone(),
+                dtype: data_type(*ty).ok_or_else(|| format!("{what} '{name}' has element type {ty:?}, which Kiln does not serve"))?,
                 shape: shape.iter().map(|&d| if d < 0 { -1 } else { d }).collect(),
             }),
             other => Err(format!(
-                "{what} '{}' is {other}, not a tensor; only tensor inputs and outputs are served (for skl2onnx classifiers convert with zipmap=False)",
-                o.name()
+                "{what} '{name}' is {other}, not a tensor; only tensor inputs and outputs are served (for skl2onnx classifiers convert with zipmap=False)"
             )),
         })
         .collect()
@@ -417,11 +463,9 @@ fn element_type(d: DataType) -> Result<TensorElementType, String> {
     })
 }
 
-/// One model loaded into ONNX Runtime: a session per instance, since running a
-/// session needs exclusive access.
+/// One model loaded into ONNX Runtime, its tensors passed through as they are.
 struct OrtBackend {
-    sessions: Vec<Mutex<Session>>,
-    next: AtomicUsize,
+    sessions: Sessions,
     signature: ModelSignature,
     input_types: Vec<TensorElementType>,
 }
@@ -517,30 +561,24 @@ impl Backend for OrtBackend {
                 self.to_ort(t, *ty, &spec.name)?.into(),
             ));
         }
-        // Take a free session if there is one, else wait for the next in turn.
-        let n = self.sessions.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let mut guard = (0..n)
-            .find_map(|i| self.sessions[(start + i) % n].try_lock().ok())
-            .map(Ok)
-            .unwrap_or_else(|| self.sessions[start].lock())
-            .map_err(|_| BackendError::Run("session poisoned by an earlier panic".into()))?;
-        let mut outputs = guard
-            .run(values)
-            .map_err(|e| BackendError::Run(e.to_string()))?;
-        self.signature
-            .outputs
-            .iter()
-            .map(|spec| {
-                let v = outputs.remove(spec.name.as_str()).ok_or_else(|| {
-                    BackendError::Run(format!(
-                        "output '{}' missing from ONNX Runtime's result",
-                        spec.name
-                    ))
-                })?;
-                from_ort(v, &spec.name)
-            })
-            .collect()
+        self.sessions.with_session(|s| {
+            let mut outputs = s
+                .run(values)
+                .map_err(|e| BackendError::Run(e.to_string()))?;
+            self.signature
+                .outputs
+                .iter()
+                .map(|spec| {
+                    let v = outputs.remove(spec.name.as_str()).ok_or_else(|| {
+                        BackendError::Run(format!(
+                            "output '{}' missing from ONNX Runtime's result",
+                            spec.name
+                        ))
+                    })?;
+                    from_ort(v, &spec.name)
+                })
+                .collect()
+        })
     }
 }
 

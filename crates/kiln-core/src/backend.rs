@@ -140,7 +140,8 @@ impl Backends {
     }
 
     /// Loads a model with the configured backend. `auto` and `onnxruntime` fall back
-    /// to tract when ONNX Runtime is unavailable or cannot load the model.
+    /// to tract when ONNX Runtime is unavailable or cannot load the model, except
+    /// for a model `family`.
     pub fn load(
         &self,
         choice: BackendChoice,
@@ -191,6 +192,12 @@ impl Backends {
             BackendChoice::Tract => {
                 with(self.factory(TRACT)?, None)
             }
+            // A model family (text in, the tokenizer in the server) is ONNX
+            // Runtime's alone: tract knows neither the family nor its graph's
+            // contrib operators, so there is nothing to fall back to.
+            BackendChoice::Onnxruntime if req.config.family.is_some() => {
+                with(self.factory(ONNXRUNTIME)?, None)
+            }
             BackendChoice::Auto | BackendChoice::Onnxruntime => {
                 let (ort_error, ort_failed) = match self.usable(ONNXRUNTIME) {
                     Ok(f) => match with(f, None) {
@@ -213,6 +220,89 @@ impl Backends {
                 with(tract, Some(ort_error.clone()))
                     .map_err(|e| BackendError::Fallback(format!("{e}; and {ort_error}")))
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A runtime registered as `name`, usable or not, whose models have no inputs.
+    struct Runtime {
+        name: &'static str,
+        usable: bool,
+    }
+
+    struct Empty(ModelSignature);
+
+    impl Backend for Empty {
+        fn signature(&self) -> &ModelSignature {
+            &self.0
+        }
+        fn run(&self, _: Vec<Tensor>) -> Result<Vec<Tensor>, BackendError> {
+            Ok(Vec::new())
+        }
+    }
+
+    impl BackendFactory for Runtime {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+        fn platform(&self) -> &'static str {
+            self.name
+        }
+        fn availability(&self) -> Result<(), String> {
+            if self.usable {
+                Ok(())
+            } else {
+                Err("library not found".into())
+            }
+        }
+        fn load(&self, _: &LoadRequest<'_>) -> Result<Box<dyn Backend>, BackendError> {
+            Ok(Box::new(Empty(ModelSignature {
+                inputs: Vec::new(),
+                outputs: Vec::new(),
+            })))
+        }
+    }
+
+    fn load(backends: &Backends, config: &str) -> Result<LoadedBackend, BackendError> {
+        let config = ModelConfig::parse(config, Path::new("config.toml")).unwrap();
+        let req = LoadRequest {
+            model_name: "m",
+            version: Version(1),
+            path: Path::new("m/1/model.onnx"),
+            config: &config,
+            device: Device::Cpu,
+        };
+        backends.load(config.backend, &req)
+    }
+
+    #[test]
+    fn only_models_without_a_family_fall_back_to_tract() {
+        let backends = Backends::new()
+            .register(Arc::new(Runtime {
+                name: ONNXRUNTIME,
+                usable: false,
+            }))
+            .register(Arc::new(Runtime {
+                name: TRACT,
+                usable: true,
+            }));
+        let plain = load(&backends, "backend = \"onnxruntime\"").unwrap();
+        assert_eq!(plain.name, TRACT);
+        assert!(plain.fallback_reason.unwrap().contains("library not found"));
+        let text = "backend = \"onnxruntime\"\nfamily = \"bert_embedding\"";
+        match load(&backends, text) {
+            Err(BackendError::Unavailable { backend, reason }) => {
+                assert_eq!(
+                    (backend, reason.as_str()),
+                    (ONNXRUNTIME, "library not found")
+                )
+            }
+            Err(e) => panic!("{e}"),
+            Ok(b) => panic!("loaded by {}", b.name),
         }
     }
 }

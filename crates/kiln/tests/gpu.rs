@@ -129,7 +129,15 @@ fn example_models_on_cuda_match_the_cpu() {
 fn minilm_on_candle_cuda_matches_the_cpu() {
     match skip_reason() {
         Some(why) => eprintln!("skipped: {why}"),
-        None => minilm_matches_the_cpu(&gpu()),
+        None => minilm_matches_the_cpu(&gpu(), "candle"),
+    }
+}
+
+#[test]
+fn minilm_on_onnxruntime_cuda_matches_the_cpu() {
+    match skip_reason() {
+        Some(why) => eprintln!("skipped: {why}"),
+        None => minilm_matches_the_cpu(&gpu(), "onnxruntime"),
     }
 }
 
@@ -138,7 +146,8 @@ fn minilm_on_candle_cuda_matches_the_cpu() {
 #[test]
 fn gpu_checks_run_with_the_cpu_standing_in() {
     example_models_match_the_cpu("cpu");
-    minilm_matches_the_cpu("cpu");
+    minilm_matches_the_cpu("cpu", "candle");
+    minilm_matches_the_cpu("cpu", "onnxruntime");
 }
 
 fn example_models_match_the_cpu(dev: &str) {
@@ -255,14 +264,21 @@ fn example_models_match_the_cpu(dev: &str) {
     }
 }
 
-fn minilm_matches_the_cpu(dev: &str) {
+/// MiniLM on `backend` (candle or onnxruntime), on `dev` and on the CPU.
+fn minilm_matches_the_cpu(dev: &str, backend: &str) {
     let src = repo_root().join("models/minilm");
-    if !src.join("1/model.safetensors").is_file() {
+    let file = if backend == "candle" {
+        "1/model.safetensors"
+    } else {
+        "1/model.onnx"
+    };
+    if !src.join(file).is_file() {
         eprintln!("skipped: models/minilm is missing (scripts/fetch_minilm.py)");
         return;
     }
     let repo = tempfile::tempdir().unwrap();
-    let base = std::fs::read_to_string(src.join("config.toml")).unwrap();
+    let base =
+        format!("backend = \"{backend}\"\nfamily = \"bert_embedding\"\nmax_batch_size = 64\n");
     for (name, device) in [
         ("minilm_cpu", "cpu".to_string()),
         ("minilm_gpu", dev.to_string()),
@@ -299,7 +315,7 @@ fn minilm_matches_the_cpu(dev: &str) {
             eprintln!("skipped: this kiln was built without --features cuda ({reason})");
             return;
         }
-        panic!("minilm on {dev} did not load: {reason}");
+        panic!("minilm ({backend}) on {dev} did not load: {reason}");
     }
     let seed = "The quick brown fox jumps over the lazy dog while the server answers. ";
     let texts = json!([
@@ -309,6 +325,6 @@ fn minilm_matches_the_cpu(dev: &str) {
     ]);
     let embed = |model: &str| infer_one(srv.http, model, &[3], "BYTES", &texts);
     let d = max_rel_diff(&embed("minilm_gpu"), &embed("minilm_cpu"));
-    eprintln!("minilm: max |gpu - cpu| / (1 + |cpu|) = {d:.2e}");
-    assert!(d < 1e-3, "minilm on the GPU differs by {d}");
+    eprintln!("minilm ({backend}): max |gpu - cpu| / (1 + |cpu|) = {d:.2e}");
+    assert!(d < 1e-3, "minilm ({backend}) on the GPU differs by {d}");
 }

@@ -112,12 +112,13 @@ pub struct ConfigFile {
     /// Model file name inside each version folder. Default `model.onnx`
     /// (`model.safetensors` for Candle).
     pub default_model_filename: Option<String>,
-    /// Candle: the model family (`bert_embedding`, `mlp`).
+    /// The model family: `bert_embedding` (Candle or ONNX Runtime: text in, the
+    /// tokenizer in the server, a sentence embedding out) or `mlp` (Candle).
     pub family: Option<String>,
-    /// Candle text models: tokens per text, special tokens included (default: the
+    /// Text models: tokens per text, special tokens included (default: the
     /// model's own, from `sentence_bert_config.json` or `config.json`).
     pub max_sequence_length: Option<usize>,
-    /// Candle text models: cut texts longer than `max_sequence_length` (default
+    /// Text models: cut texts longer than `max_sequence_length` (default
     /// true) or reject them (400 / INVALID_ARGUMENT).
     pub truncate: Option<bool>,
     /// Token budget of one batched execution: rows times the longest row's tokens

@@ -69,7 +69,8 @@ impl VersionPolicy {
     }
 }
 
-/// A model family the Candle backend builds in Rust from safetensors weights.
+/// A model family: what Kiln wraps around the runtime (Candle builds the whole
+/// network in Rust; ONNX Runtime runs the graph and Kiln adds the tokenizer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelFamily {
     /// A BERT encoder with mean pooling and L2 normalisation (sentence embeddings).
@@ -393,27 +394,41 @@ impl TryFrom<ConfigFile> for ModelConfig {
             None if f.backend == BackendChoice::Candle => DEFAULT_CANDLE_FILENAME.into(),
             None => DEFAULT_MODEL_FILENAME.into(),
         };
-        let candle = f.backend == BackendChoice::Candle;
-        if !candle
-            && (f.family.is_some() || f.max_sequence_length.is_some() || f.truncate.is_some())
-        {
-            return Err(FieldError::new(
-                "family",
-                "family, max_sequence_length and truncate apply to backend = \"candle\" only",
-            ));
-        }
-        let family = match (&f.family, candle) {
-            (Some(name), _) => {
-                Some(ModelFamily::parse(name).map_err(|m| FieldError::new("family", m))?)
-            }
-            (None, true) => {
+        let family = f
+            .family
+            .as_deref()
+            .map(ModelFamily::parse)
+            .transpose()
+            .map_err(|m| FieldError::new("family", m))?;
+        match (f.backend, family) {
+            (BackendChoice::Candle, None) => {
                 return Err(FieldError::new(
                     "family",
                     "backend = \"candle\" needs a family (bert_embedding or mlp)",
                 ))
             }
-            (None, false) => None,
-        };
+            (BackendChoice::Candle, Some(_))
+            | (BackendChoice::Onnxruntime, Some(ModelFamily::BertEmbedding)) => {}
+            (_, Some(ModelFamily::BertEmbedding)) => {
+                return Err(FieldError::new(
+                    "family",
+                    "family = \"bert_embedding\" needs backend = \"onnxruntime\" or \"candle\"",
+                ))
+            }
+            (_, Some(ModelFamily::Mlp)) => {
+                return Err(FieldError::new(
+                    "family",
+                    "family = \"mlp\" needs backend = \"candle\"",
+                ))
+            }
+            (_, None) if f.max_sequence_length.is_some() || f.truncate.is_some() => {
+                return Err(FieldError::new(
+                    "max_sequence_length",
+                    "max_sequence_length and truncate apply to text models (family = \"bert_embedding\") only",
+                ))
+            }
+            (_, None) => {}
+        }
         let max_sequence_length = f
             .max_sequence_length
             .map(|n| bounded("max_sequence_length", n, 3..=8192))

@@ -217,11 +217,25 @@ fn fields_are_typed_once_and_numbers_bounded() {
     .unwrap();
     assert_eq!(cfg.family, Some(crate::config::model::ModelFamily::Mlp));
     assert_eq!(cfg.model_filename, "model.safetensors");
+    let ort =
+        parse("backend = \"onnxruntime\"\nfamily = \"bert_embedding\"\ntruncate = false").unwrap();
+    assert_eq!(
+        ort.family,
+        Some(crate::config::model::ModelFamily::BertEmbedding)
+    );
+    assert_eq!(
+        (ort.model_filename.as_str(), ort.truncate),
+        ("model.onnx", false)
+    );
     assert_eq!(cfg.input[0].datatype, Some(DataType::Fp16));
     assert_eq!((cfg.timeout, cfg.intra_op_threads), (None, None));
     for (bad, field) in [
         ("backend = \"candle\"\nfamily = \"gpt\"", "family"),
         ("family = \"mlp\"", "family"),
+        ("backend = \"onnxruntime\"\nfamily = \"mlp\"", "family"),
+        ("backend = \"tract\"\nfamily = \"bert_embedding\"", "family"),
+        ("family = \"bert_embedding\"", "family"),
+        ("truncate = false", "max_sequence_length"),
         (
             "instance_count = 18446744073709551615\ndevices = [\"cpu\", \"cpu\"]",
             "instance_count",

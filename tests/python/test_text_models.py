@@ -1,11 +1,15 @@
-"""The Candle backend through unmodified tritonclient: MiniLM sentence embeddings
-against the committed independent reference (scripts/minilm_reference.py), BYTES
-tensors over HTTP JSON, HTTP binary and gRPC, the defined behaviour for invalid
-UTF-8, empty and over-long texts, and the MLP family against numpy."""
+"""Text models through unmodified tritonclient: MiniLM sentence embeddings on ONNX
+Runtime (the graph scripts/minilm_onnx.py writes, pooled in the graph or as a
+Hugging Face export's hidden states pooled by Kiln) and on Candle, against the
+committed independent reference (scripts/minilm_reference.py), BYTES tensors over
+HTTP JSON, HTTP binary and gRPC, the defined behaviour for invalid UTF-8, empty
+and over-long texts; and Candle's MLP family against numpy."""
 import json
 import os
 import shutil
 import struct
+import subprocess
+import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,25 +25,26 @@ MINILM = os.path.join(ROOT, "models", "minilm", "1")
 REFERENCE = os.path.join(ROOT, "tests", "fixtures", "minilm", "reference.json")
 
 pytestmark = pytest.mark.skipif(
-    not os.path.exists(os.path.join(MINILM, "model.safetensors")),
+    not os.path.exists(os.path.join(MINILM, "model.onnx")),
     reason="models/minilm is laid out by scripts/setup-python.sh (scripts/fetch_minilm.py)",
 )
 
 
-def minilm_repo(config_extra=""):
-    """A repository whose `minilm` links to models/minilm/1, with its own config."""
-    d = tempfile.mkdtemp(prefix="kiln-candle-")
+def minilm_repo(backend, config_extra="", version=MINILM):
+    """A repository whose `minilm` links to `version` (models/minilm/1), with its own config."""
+    d = tempfile.mkdtemp(prefix="kiln-text-")
     os.makedirs(os.path.join(d, "minilm"))
-    os.symlink(MINILM, os.path.join(d, "minilm", "1"))
+    os.symlink(version, os.path.join(d, "minilm", "1"))
     with open(os.path.join(d, "minilm", "config.toml"), "w") as f:
-        f.write('backend = "candle"\nfamily = "bert_embedding"\nmax_batch_size = 64\n' + config_extra)
+        f.write(f'backend = "{backend}"\nfamily = "bert_embedding"\nmax_batch_size = 64\n' + config_extra)
     return d
 
 
-@pytest.fixture(scope="module")
-def server():
-    d = minilm_repo()
+@pytest.fixture(scope="module", params=["onnxruntime", "candle"])
+def server(request):
+    d = minilm_repo(request.param)
     k = Kiln(d)
+    k.backend = request.param
     yield k
     k.stop()
     shutil.rmtree(d, ignore_errors=True)
@@ -127,7 +132,7 @@ def test_invalid_utf8_is_rejected_alone(server):
 def test_long_texts_truncate_by_default_and_can_be_rejected(server):
     long = "word " * 2000
     assert embed(server, [long], "grpc").shape == (1, 384)  # cut to the model's 256 tokens
-    d = minilm_repo('truncate = false\nmax_sequence_length = 16\n')
+    d = minilm_repo(server.backend, 'truncate = false\nmax_sequence_length = 16\n')
     k = Kiln(d)
     try:
         assert embed(k, ["short text"], "http-json").shape == (1, 384)
@@ -201,3 +206,27 @@ def test_text_input_is_described_as_triton_does_and_accepts_both_shapes(server, 
     got = c.infer("minilm", [inp]).as_numpy("embedding")
     assert got.shape == (3, 384)
     assert np.abs(got - embed(server, texts, "http-json")).max() < 1e-6
+    want = {"onnxruntime": "onnxruntime_onnx", "candle": "candle"}[server.backend]
+    assert c.get_model_metadata("minilm")["platform"] == want
+
+
+def test_a_graph_of_hidden_states_is_pooled_by_the_server(reference):
+    """A Hugging Face export's form: token_type_ids in, last_hidden_state out."""
+    d = tempfile.mkdtemp(prefix="kiln-hidden-")
+    v = os.path.join(d, "v")
+    os.makedirs(v)
+    for f in ("tokenizer.json", "config.json", "sentence_bert_config.json"):
+        os.symlink(os.path.join(MINILM, f), os.path.join(v, f))
+    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "minilm_onnx.py"), MINILM,
+                    os.path.join(v, "model.onnx"), "--hidden-states"], check=True)
+    repo = minilm_repo("onnxruntime", version=v)
+    k = Kiln(repo)
+    try:
+        texts = [r["text"] for r in reference]
+        want = np.array([r["embedding"] for r in reference], dtype=np.float32)
+        for mode in ("grpc", "http-binary"):
+            assert np.abs(embed(k, texts, mode) - want).max() < 1e-4
+    finally:
+        k.stop()
+        shutil.rmtree(repo, ignore_errors=True)
+        shutil.rmtree(d, ignore_errors=True)
