@@ -5,9 +5,10 @@ benchmark uses (benches/minilm_inprocess.rs: 12- and 128-token texts, batches of
 process). Token ids are drawn at random: the compute does not depend on them.
 
     # ONNX Runtime on the graph scripts/minilm_onnx.py writes (.venv has onnxruntime)
-    .venv/bin/python benches/minilm_engines.py ort /tmp/minilm.onnx
+    .venv/bin/python benches/minilm_engines.py ort models/minilm/1/model.onnx
     # PyTorch through transformers, 2 threads, as MLServer + sentence-transformers runs it
     ~/.cache/kiln-bench/stvenv/bin/python benches/minilm_engines.py torch models/minilm/1
+    # a third argument: seconds per shape (default 3)
 
 With ort, first checks the graph's embeddings against tests/fixtures/minilm/reference.json.
 """
@@ -73,4 +74,4 @@ def main(engine, path, seconds=3.0):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], float(sys.argv[3]) if len(sys.argv) > 3 else 3.0)

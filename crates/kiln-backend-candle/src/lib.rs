@@ -98,6 +98,8 @@ fn run_err(e: candle_core::Error) -> BackendError {
 struct BertEmbedding {
     model: BertModel,
     text: TextEncoder,
+    /// Padded tokens per forward pass ([`kiln_text::groups`]).
+    group_tokens: usize,
     signature: ModelSignature,
     device: Device,
 }
@@ -118,16 +120,16 @@ impl BertEmbedding {
         Ok(BertEmbedding {
             model,
             text,
+            group_tokens: kiln_text::group_tokens(req.config, req.device),
             signature: kiln_text::embedding_signature(config.hidden_size),
             device,
         })
     }
 
-    /// Mean pooling over real tokens, then L2 normalisation.
-    fn embed(&self, ids: &[Vec<u32>]) -> Result<Vec<f32>, candle_core::Error> {
-        let p = kiln_text::pad(ids);
-        let input_ids = CTensor::from_vec(p.ids, (p.rows, p.len), &self.device)?;
-        let mask = CTensor::from_vec(p.mask, (p.rows, p.len), &self.device)?;
+    /// One padded group: mean pooling over real tokens, then L2 normalisation.
+    fn embed(&self, p: &kiln_text::Padded) -> Result<Vec<f32>, candle_core::Error> {
+        let input_ids = CTensor::from_vec(p.ids.clone(), (p.rows, p.len), &self.device)?;
+        let mask = CTensor::from_vec(p.mask.clone(), (p.rows, p.len), &self.device)?;
         let type_ids = input_ids.zeros_like()?;
         let hidden = self.model.forward(&input_ids, &type_ids, Some(&mask))?;
         let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
@@ -154,11 +156,9 @@ impl Backend for BertEmbedding {
             .ok_or_else(|| BackendError::Run("no input".into()))?;
         let hidden = self.signature.outputs[0].shape[1] as usize;
         let ids = self.text.encode(texts)?;
-        let values = if ids.is_empty() {
-            Vec::new()
-        } else {
-            self.embed(&ids).map_err(run_err)?
-        };
+        let values = kiln_text::embed_grouped(&ids, hidden, self.group_tokens, |p| {
+            self.embed(p).map_err(run_err)
+        })?;
         Tensor::from_vec(vec![ids.len(), hidden], values)
             .map(|t| vec![t])
             .map_err(|e| BackendError::Run(e.to_string()))

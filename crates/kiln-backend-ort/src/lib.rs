@@ -294,8 +294,15 @@ impl BackendFactory for OrtFactory {
             .map_err(|e| load_err(e.to_string()))?;
         if req.config.family.is_some() {
             let dir = req.path.parent().unwrap_or(Path::new("."));
-            let model = text::TextEmbedding::new(sessions, dir, req.config, &inputs, &outputs)
-                .map_err(load_err)?;
+            let model = text::TextEmbedding::new(
+                sessions,
+                dir,
+                req.config,
+                kiln_text::group_tokens(req.config, req.device),
+                &inputs,
+                &outputs,
+            )
+            .map_err(load_err)?;
             return Ok(Box::new(model));
         }
         let signature = ModelSignature {

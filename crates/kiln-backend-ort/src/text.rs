@@ -122,6 +122,8 @@ pub(crate) struct TextEmbedding {
     text: TextEncoder,
     plan: Plan,
     hidden: usize,
+    /// Padded tokens per ONNX Runtime call ([`kiln_text::groups`]).
+    group_tokens: usize,
     signature: ModelSignature,
 }
 
@@ -132,6 +134,7 @@ impl TextEmbedding {
         sessions: Sessions,
         dir: &Path,
         config: &ModelConfig,
+        group_tokens: usize,
         inputs: &Outlets,
         outputs: &Outlets,
     ) -> Result<Self, String> {
@@ -149,6 +152,7 @@ impl TextEmbedding {
             text,
             plan,
             hidden,
+            group_tokens,
             signature: kiln_text::embedding_signature(hidden),
         })
     }
@@ -204,40 +208,43 @@ impl Backend for TextEmbedding {
             .first()
             .ok_or_else(|| BackendError::Run("no input".into()))?;
         let ids = self.text.encode(texts)?;
-        let p = kiln_text::pad(&ids);
-        let values = if p.rows == 0 {
-            Vec::new()
-        } else {
-            let feed = self.feed(&p)?;
-            let out = &self.plan.output;
-            self.sessions.with_session(|s| {
-                let mut outputs = s.run(feed).map_err(|e| BackendError::Run(e.to_string()))?;
-                let value = outputs.remove(out.as_str()).ok_or_else(|| {
-                    BackendError::Run(format!("output '{out}' missing from ONNX Runtime's result"))
-                })?;
-                let (shape, data) = value
-                    .try_extract_tensor::<f32>()
-                    .map_err(|e| BackendError::Run(format!("output '{out}': {e}")))?;
-                let want: Vec<i64> = if self.plan.pooled {
-                    vec![p.rows as i64, self.hidden as i64]
-                } else {
-                    vec![p.rows as i64, p.len as i64, self.hidden as i64]
-                };
-                if shape.iter().copied().ne(want.iter().copied()) {
-                    return Err(BackendError::Run(format!(
-                        "output '{out}' has shape {shape:?}, expected {want:?}"
-                    )));
-                }
-                Ok(if self.plan.pooled {
-                    data.to_vec()
-                } else {
-                    kiln_text::mean_pool_normalised(data, &p.mask, p.rows, p.len)
-                })
-            })?
-        };
-        Tensor::from_vec(vec![p.rows, self.hidden], values)
+        let values =
+            kiln_text::embed_grouped(&ids, self.hidden, self.group_tokens, |p| self.encode(p))?;
+        Tensor::from_vec(vec![ids.len(), self.hidden], values)
             .map(|t| vec![t])
             .map_err(|e| BackendError::Run(e.to_string()))
+    }
+}
+
+impl TextEmbedding {
+    /// One padded group through the graph: `hidden` floats per row.
+    fn encode(&self, p: &kiln_text::Padded) -> Result<Vec<f32>, BackendError> {
+        let feed = self.feed(p)?;
+        let out = &self.plan.output;
+        self.sessions.with_session(|s| {
+            let mut outputs = s.run(feed).map_err(|e| BackendError::Run(e.to_string()))?;
+            let value = outputs.remove(out.as_str()).ok_or_else(|| {
+                BackendError::Run(format!("output '{out}' missing from ONNX Runtime's result"))
+            })?;
+            let (shape, data) = value
+                .try_extract_tensor::<f32>()
+                .map_err(|e| BackendError::Run(format!("output '{out}': {e}")))?;
+            let want: Vec<i64> = if self.plan.pooled {
+                vec![p.rows as i64, self.hidden as i64]
+            } else {
+                vec![p.rows as i64, p.len as i64, self.hidden as i64]
+            };
+            if shape.iter().copied().ne(want.iter().copied()) {
+                return Err(BackendError::Run(format!(
+                    "output '{out}' has shape {shape:?}, expected {want:?}"
+                )));
+            }
+            Ok(if self.plan.pooled {
+                data.to_vec()
+            } else {
+                kiln_text::mean_pool_normalised(data, &p.mask, p.rows, p.len)
+            })
+        })
     }
 }
 

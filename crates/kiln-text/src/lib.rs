@@ -173,22 +173,86 @@ pub struct Padded {
     pub mask: Vec<u32>,
 }
 
-/// Pads `ids` with 0 (BERT's [PAD]) to the longest row.
-pub fn pad(ids: &[Vec<u32>]) -> Padded {
-    let rows = ids.len();
-    let len = ids.iter().map(Vec::len).max().unwrap_or(0);
-    let mut flat = vec![0u32; rows * len];
-    let mut mask = vec![0u32; rows * len];
-    for (row, seq) in ids.iter().enumerate() {
+/// Pads `rows` with 0 (BERT's [PAD]) to the longest one.
+pub fn pad(rows: &[&[u32]]) -> Padded {
+    let len = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let mut flat = vec![0u32; rows.len() * len];
+    let mut mask = vec![0u32; rows.len() * len];
+    for (row, seq) in rows.iter().enumerate() {
         flat[row * len..row * len + seq.len()].copy_from_slice(seq);
         mask[row * len..row * len + seq.len()].fill(1);
     }
     Padded {
-        rows,
+        rows: rows.len(),
         len,
         ids: flat,
         mask,
     }
+}
+
+/// Padded tokens one encoder call takes on the CPU: batches of 4 to 16 texts of
+/// 128 tokens run fastest there (in-process MiniLM on ONNX Runtime, benches/README.md
+/// "MiniLM"); a bigger call only spills the activations out of the caches.
+pub const CPU_GROUP_TOKENS: usize = 2048;
+
+/// The group budget of a model on `device`: the config's `max_tokens_per_call`
+/// (0: the whole batch), else [`CPU_GROUP_TOKENS`] on the CPU and the whole
+/// batch (sorted) on a GPU, which wants large calls.
+pub fn group_tokens(config: &ModelConfig, device: kiln_core::Device) -> usize {
+    match (config.max_tokens_per_call, device) {
+        (Some(0), _) => usize::MAX,
+        (Some(n), _) => n,
+        (None, kiln_core::Device::Cpu) => CPU_GROUP_TOKENS,
+        (None, kiln_core::Device::Cuda(_)) => usize::MAX,
+    }
+}
+
+/// The rows of a batch in the groups the encoder runs them in: sorted by length,
+/// so that texts of like length are padded together, and cut so that each group's
+/// rows × longest row stays within `budget` padded tokens (a row longer than the
+/// budget runs alone). Each group lists indices into `ids`.
+pub fn groups(ids: &[Vec<u32>], budget: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&i| ids[i].len());
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    for i in order {
+        // Sorted ascending: the row joining a group is its longest.
+        let fits = out
+            .last()
+            .is_some_and(|g| (g.len() + 1) * ids[i].len().max(1) <= budget);
+        match out.last_mut() {
+            Some(g) if fits => g.push(i),
+            _ => out.push(vec![i]),
+        }
+    }
+    out
+}
+
+/// Embeds every row of `ids`, group by group ([`groups`]), with `encode` turning
+/// one padded group into `hidden` floats per row; the result is in `ids`' order.
+pub fn embed_grouped(
+    ids: &[Vec<u32>],
+    hidden: usize,
+    budget: usize,
+    mut encode: impl FnMut(&Padded) -> Result<Vec<f32>, BackendError>,
+) -> Result<Vec<f32>, BackendError> {
+    let mut out = vec![0f32; ids.len() * hidden];
+    for group in groups(ids, budget) {
+        let rows: Vec<&[u32]> = group.iter().map(|&i| ids[i].as_slice()).collect();
+        let values = encode(&pad(&rows))?;
+        if values.len() != group.len() * hidden {
+            return Err(BackendError::Run(format!(
+                "the encoder gave {} values for {} rows of {hidden}",
+                values.len(),
+                group.len()
+            )));
+        }
+        for (k, &i) in group.iter().enumerate() {
+            out[i * hidden..(i + 1) * hidden]
+                .copy_from_slice(&values[k * hidden..(k + 1) * hidden]);
+        }
+    }
+    Ok(out)
 }
 
 /// Sentence-transformers' pooling: the mean of each row's hidden states over its
@@ -222,12 +286,54 @@ mod tests {
 
     #[test]
     fn padding_fills_to_the_longest_row_with_a_mask() {
-        let p = pad(&[vec![101, 7, 102], vec![101, 102]]);
+        let p = pad(&[&[101, 7, 102], &[101, 102]]);
         assert_eq!((p.rows, p.len), (2, 3));
         assert_eq!(p.ids, [101, 7, 102, 101, 102, 0]);
         assert_eq!(p.mask, [1, 1, 1, 1, 1, 0]);
         let empty = pad(&[]);
         assert_eq!((empty.rows, empty.len, empty.ids.len()), (0, 0, 0));
+    }
+
+    #[test]
+    fn rows_are_grouped_by_length_within_the_budget_and_answered_in_order() {
+        let ids: Vec<Vec<u32>> = [5, 2, 9, 2, 3, 20]
+            .iter()
+            .map(|&n| vec![n; n as usize])
+            .collect();
+        // Sorted: 2, 2, 3, 5, 9, 20. Budget 10: [2, 2, 3] (3 x 3 = 9), [5] (2 x 9 > 10), [9], [20] alone.
+        assert_eq!(
+            groups(&ids, 10),
+            vec![vec![1, 3, 4], vec![0], vec![2], vec![5]]
+        );
+        assert_eq!(groups(&ids, 1000).len(), 1);
+        assert!(groups(&[], 10).is_empty());
+        // Each row's "embedding" is its length, padded width and group size: the
+        // result comes back in the rows' order, each group padded to its own longest.
+        let out = embed_grouped(&ids, 2, 10, |p: &Padded| {
+            let mut v = Vec::new();
+            for r in 0..p.rows {
+                let real = p.mask[r * p.len..(r + 1) * p.len].iter().sum::<u32>();
+                v.extend([real as f32, p.len as f32]);
+            }
+            Ok(v)
+        })
+        .unwrap();
+        assert_eq!(out, [5., 5., 2., 3., 9., 9., 2., 3., 3., 3., 20., 20.]);
+        let e = embed_grouped(&ids, 2, 10, |_| Ok(vec![0.0])).unwrap_err();
+        assert_eq!(e.to_string(), "the encoder gave 1 values for 3 rows of 2");
+    }
+
+    #[test]
+    fn the_group_budget_is_the_configs_else_the_devices() {
+        let cfg = |extra: &str| {
+            let text = format!("backend = \"onnxruntime\"\nfamily = \"bert_embedding\"\n{extra}");
+            ModelConfig::parse(&text, Path::new("config.toml")).unwrap()
+        };
+        let (cpu, gpu) = (kiln_core::Device::Cpu, kiln_core::Device::Cuda(0));
+        assert_eq!(group_tokens(&cfg(""), cpu), CPU_GROUP_TOKENS);
+        assert_eq!(group_tokens(&cfg(""), gpu), usize::MAX);
+        assert_eq!(group_tokens(&cfg("max_tokens_per_call = 512"), gpu), 512);
+        assert_eq!(group_tokens(&cfg("max_tokens_per_call = 0"), cpu), usize::MAX);
     }
 
     #[test]

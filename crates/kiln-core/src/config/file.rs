@@ -121,6 +121,10 @@ pub struct ConfigFile {
     /// Text models: cut texts longer than `max_sequence_length` (default
     /// true) or reject them (400 / INVALID_ARGUMENT).
     pub truncate: Option<bool>,
+    /// Text models: padded tokens per encoder call. A batch is sorted by text
+    /// length and cut into calls within this (default: 2048 on the CPU, the
+    /// whole batch on a GPU; 0: the whole batch).
+    pub max_tokens_per_call: Option<usize>,
     /// Token budget of one batched execution: rows times the longest row's tokens
     /// (an upper estimate made when the request is queued). Default: none.
     pub max_batch_tokens: Option<usize>,

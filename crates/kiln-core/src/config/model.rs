@@ -128,10 +128,11 @@ pub struct ModelConfig {
     /// version without the default file may hold its model under another name
     /// (see `repository::model_file`).
     pub model_filename_chosen: bool,
-    /// Set exactly when `backend` is Candle.
     pub family: Option<ModelFamily>,
     pub max_sequence_length: Option<usize>,
     pub truncate: bool,
+    /// `None`: the backend's default for the device; `Some(0)`: the whole batch.
+    pub max_tokens_per_call: Option<usize>,
     pub max_batch_tokens: Option<usize>,
     pub input: Vec<TensorOverride>,
     pub output: Vec<TensorOverride>,
@@ -164,6 +165,7 @@ impl Default for ModelConfig {
             family: None,
             max_sequence_length: None,
             truncate: true,
+            max_tokens_per_call: None,
             max_batch_tokens: None,
             input: vec![],
             output: vec![],
@@ -421,10 +423,14 @@ impl TryFrom<ConfigFile> for ModelConfig {
                     "family = \"mlp\" needs backend = \"candle\"",
                 ))
             }
-            (_, None) if f.max_sequence_length.is_some() || f.truncate.is_some() => {
+            (_, None)
+                if f.max_sequence_length.is_some()
+                    || f.truncate.is_some()
+                    || f.max_tokens_per_call.is_some() =>
+            {
                 return Err(FieldError::new(
                     "max_sequence_length",
-                    "max_sequence_length and truncate apply to text models (family = \"bert_embedding\") only",
+                    "max_sequence_length, truncate and max_tokens_per_call apply to text models (family = \"bert_embedding\") only",
                 ))
             }
             (_, None) => {}
@@ -461,6 +467,7 @@ impl TryFrom<ConfigFile> for ModelConfig {
             family,
             max_sequence_length,
             truncate: f.truncate.unwrap_or(d.truncate),
+            max_tokens_per_call: f.max_tokens_per_call,
             max_batch_tokens: f.max_batch_tokens,
             input: tensors("input", f.input)?,
             output: tensors("output", f.output)?,

@@ -236,6 +236,7 @@ fn fields_are_typed_once_and_numbers_bounded() {
         ("backend = \"tract\"\nfamily = \"bert_embedding\"", "family"),
         ("family = \"bert_embedding\"", "family"),
         ("truncate = false", "max_sequence_length"),
+        ("max_tokens_per_call = 512", "max_sequence_length"),
         (
             "instance_count = 18446744073709551615\ndevices = [\"cpu\", \"cpu\"]",
             "instance_count",
