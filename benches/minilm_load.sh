@@ -15,6 +15,7 @@
 #                 sentence-transformers runs it, at batches 1, 8 and 32 (benches/minilm_engines.py)
 #
 #   REPS=3 SECONDS_PER_POINT=4 benches/minilm_load.sh        # ~12 min on 2 cores
+#   (CONCURRENCY, LENGTHS="short long" and TARGETS="kiln kiln-candle mlserver triton" narrow it)
 #
 # Needs what scripts/setup-python.sh installs; MLServer, PyTriton, sentence-transformers and
 # PyTorch go into one virtualenv (STVENV, default ~/.cache/kiln-bench/stvenv; PyPI's torch is
@@ -27,6 +28,8 @@ root=$PWD
 reps=${REPS:-3}
 seconds=${SECONDS_PER_POINT:-4}
 concs=${CONCURRENCY:-"1 8 32"}
+lengths=${LENGTHS:-"short long"}
+targets=${TARGETS:-"kiln kiln-candle mlserver triton"}
 out=${OUT_DIR:-bench-out/minilm-$(date +%Y%m%d-%H%M%S)}
 peers=${PEERS_SRC:-$root/../shared/peers}
 cache=${BENCH_CACHE:-$HOME/.cache/kiln-bench}
@@ -114,7 +117,7 @@ wait_ready triton "$pyt_http"
   echo "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -srm); client and servers on the same machine"
   echo "kiln: $(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty'); mlserver $("$stvenv/bin/pip" show mlserver | awk '/^Version/{print $2}'), nvidia-pytriton $("$stvenv/bin/pip" show nvidia-pytriton | awk '/^Version/{print $2}'), torch $("$stvenv/bin/python" -c 'import torch; print(torch.__version__)'), sentence-transformers $("$stvenv/bin/pip" show sentence-transformers | awk '/^Version/{print $2}'), onnxruntime $("$venv/bin/python" -c 'import onnxruntime; print(onnxruntime.__version__)')"
   echo "client: kiln-bench, closed loop, gRPC, 1 connection, one text per request, ${seconds} s per point after 1 s of warm-up, reps $reps"
-  echo "command: REPS=$reps SECONDS_PER_POINT=$seconds CONCURRENCY=\"$concs\" benches/minilm_load.sh"
+  echo "command: REPS=$reps SECONDS_PER_POINT=$seconds CONCURRENCY=\"$concs\" LENGTHS=\"$lengths\" TARGETS=\"$targets\" benches/minilm_load.sh"
 } >"$out/machine.txt"
 cat "$out/machine.txt"
 
@@ -141,11 +144,15 @@ for rep in $(seq "$reps"); do
     "$py/bin/python" benches/minilm_engines.py "$name" "$path" 2 | grep '^{' | sed "s/^{/{\"rep\": $rep, /" >>"$out/limit.jsonl"
   done
   for c in $concs; do
-    for len in short long; do
-      point kiln minilm "$kiln_grpc" "$kiln_http" "$kiln_pid" "$len" "$c" "$rep"
-      point kiln-candle minilm_candle "$kiln_grpc" "$kiln_http" "$kiln_pid" "$len" "$c" "$rep"
-      point mlserver minilm "$mls_grpc" 0 "$mls_pid" "$len" "$c" "$rep"
-      point triton minilm "$pyt_grpc" "$pyt_http" "$pyt_pid" "$len" "$c" "$rep"
+    for len in $lengths; do
+      for t in $targets; do
+        case $t in
+          kiln) point kiln minilm "$kiln_grpc" "$kiln_http" "$kiln_pid" "$len" "$c" "$rep" ;;
+          kiln-candle) point kiln-candle minilm_candle "$kiln_grpc" "$kiln_http" "$kiln_pid" "$len" "$c" "$rep" ;;
+          mlserver) point mlserver minilm "$mls_grpc" 0 "$mls_pid" "$len" "$c" "$rep" ;;
+          triton) point triton minilm "$pyt_grpc" "$pyt_http" "$pyt_pid" "$len" "$c" "$rep" ;;
+        esac
+      done
     done
   done
 done

@@ -120,6 +120,7 @@ for col, length in enumerate(["short", "long"]):
         axes[row][col].set_xlabel("concurrency")
         axes[row][col].set_yscale("log")
         axes[row][col].grid(True, alpha=0.3)
-        axes[row][col].legend(fontsize=8)
+        if axes[row][col].get_legend_handles_labels()[0]:
+            axes[row][col].legend(fontsize=8)
 fig.tight_layout()
 fig.savefig(os.path.join(out, "minilm.png"), dpi=90)
