@@ -192,31 +192,7 @@ impl TextEmbedding {
         }
         Ok(values)
     }
-}
 
-impl Backend for TextEmbedding {
-    fn signature(&self) -> &ModelSignature {
-        &self.signature
-    }
-
-    fn row_cost(&self, inputs: &[Tensor]) -> Option<usize> {
-        self.text.row_cost(inputs)
-    }
-
-    fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, BackendError> {
-        let texts = inputs
-            .first()
-            .ok_or_else(|| BackendError::Run("no input".into()))?;
-        let ids = self.text.encode(texts)?;
-        let values =
-            kiln_text::embed_grouped(&ids, self.hidden, self.group_tokens, |p| self.encode(p))?;
-        Tensor::from_vec(vec![ids.len(), self.hidden], values)
-            .map(|t| vec![t])
-            .map_err(|e| BackendError::Run(e.to_string()))
-    }
-}
-
-impl TextEmbedding {
     /// One padded group through the graph: `hidden` floats per row.
     fn encode(&self, p: &kiln_text::Padded) -> Result<Vec<f32>, BackendError> {
         let feed = self.feed(p)?;
@@ -245,6 +221,28 @@ impl TextEmbedding {
                 kiln_text::mean_pool_normalised(data, &p.mask, p.rows, p.len)
             })
         })
+    }
+}
+
+impl Backend for TextEmbedding {
+    fn signature(&self) -> &ModelSignature {
+        &self.signature
+    }
+
+    fn row_cost(&self, inputs: &[Tensor]) -> Option<usize> {
+        self.text.row_cost(inputs)
+    }
+
+    fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, BackendError> {
+        let texts = inputs
+            .first()
+            .ok_or_else(|| BackendError::Run("no input".into()))?;
+        let ids = self.text.encode(texts)?;
+        let values =
+            kiln_text::embed_grouped(&ids, self.hidden, self.group_tokens, |p| self.encode(p))?;
+        Tensor::from_vec(vec![ids.len(), self.hidden], values)
+            .map(|t| vec![t])
+            .map_err(|e| BackendError::Run(e.to_string()))
     }
 }
 

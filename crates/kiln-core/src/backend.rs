@@ -1,6 +1,6 @@
 //! The backend trait every runtime implements, and the choice among them.
 
-use crate::config::{BackendChoice, Device, ModelConfig};
+use crate::config::{BackendChoice, Device, ModelConfig, DEFAULT_CANDLE_FILENAME};
 use crate::model::{ModelSignature, Version};
 use crate::tensor::Tensor;
 use std::path::{Path, PathBuf};
@@ -140,8 +140,8 @@ impl Backends {
     }
 
     /// Loads a model with the configured backend. `auto` and `onnxruntime` fall back
-    /// to tract when ONNX Runtime is unavailable or cannot load the model, except
-    /// for a model `family`.
+    /// when ONNX Runtime is unavailable or cannot load the model: to tract, or for a
+    /// text `family` to Candle on the version's `model.safetensors`.
     pub fn load(
         &self,
         choice: BackendChoice,
@@ -192,12 +192,6 @@ impl Backends {
             BackendChoice::Tract => {
                 with(self.factory(TRACT)?, None)
             }
-            // A model family (text in, the tokenizer in the server) is ONNX
-            // Runtime's alone: tract knows neither the family nor its graph's
-            // contrib operators, so there is nothing to fall back to.
-            BackendChoice::Onnxruntime if req.config.family.is_some() => {
-                with(self.factory(ONNXRUNTIME)?, None)
-            }
             BackendChoice::Auto | BackendChoice::Onnxruntime => {
                 let (ort_error, ort_failed) = match self.usable(ONNXRUNTIME) {
                     Ok(f) => match with(f, None) {
@@ -206,18 +200,33 @@ impl Backends {
                     },
                     Err(reason) => (format!("ONNX Runtime is not available: {reason}"), None),
                 };
-                let tract = match self.usable(TRACT) {
-                    Ok(tract) => tract,
+                // A text family falls back to Candle on the same weights beside the
+                // graph (tract knows neither the family nor the graph's contrib
+                // operators); any other model to tract on the same file.
+                let (name, path) = match req.config.family {
+                    Some(_) => (CANDLE, req.path.with_file_name(DEFAULT_CANDLE_FILENAME)),
+                    None => (TRACT, req.path.to_path_buf()),
+                };
+                let fallback = match self.usable(name) {
+                    Ok(f) => f,
                     // ONNX Runtime ran and refused the model: that is the answer.
                     Err(_) if ort_failed.is_some() => return Err(ort_failed.unwrap_or(BackendError::Run(ort_error))),
                     Err(reason) => {
                         return Err(BackendError::Unavailable {
-                            backend: TRACT,
+                            backend: name,
                             reason: format!("{reason}; and {ort_error}"),
                         })
                     }
                 };
-                with(tract, Some(ort_error.clone()))
+                let fallback_req = LoadRequest { path: &path, ..*req };
+                fallback
+                    .load(&fallback_req)
+                    .map(|backend| LoadedBackend {
+                        backend,
+                        name: fallback.name(),
+                        platform: fallback.platform(),
+                        fallback_reason: Some(ort_error.clone()),
+                    })
                     .map_err(|e| BackendError::Fallback(format!("{e}; and {ort_error}")))
             }
         }
@@ -259,7 +268,11 @@ mod tests {
                 Err("library not found".into())
             }
         }
-        fn load(&self, _: &LoadRequest<'_>) -> Result<Box<dyn Backend>, BackendError> {
+        fn load(&self, req: &LoadRequest<'_>) -> Result<Box<dyn Backend>, BackendError> {
+            // Candle is handed the weights beside the graph.
+            if self.name == CANDLE && !req.path.ends_with("m/1/model.safetensors") {
+                return Err(BackendError::Run(format!("given {}", req.path.display())));
+            }
             Ok(Box::new(Empty(ModelSignature {
                 inputs: Vec::new(),
                 outputs: Vec::new(),
@@ -280,26 +293,28 @@ mod tests {
     }
 
     #[test]
-    fn only_models_without_a_family_fall_back_to_tract() {
+    fn models_fall_back_to_tract_and_text_families_to_candle() {
+        let runtime = |name, usable| Arc::new(Runtime { name, usable });
         let backends = Backends::new()
-            .register(Arc::new(Runtime {
-                name: ONNXRUNTIME,
-                usable: false,
-            }))
-            .register(Arc::new(Runtime {
-                name: TRACT,
-                usable: true,
-            }));
+            .register(runtime(ONNXRUNTIME, false))
+            .register(runtime(TRACT, true))
+            .register(runtime(CANDLE, true));
         let plain = load(&backends, "backend = \"onnxruntime\"").unwrap();
         assert_eq!(plain.name, TRACT);
         assert!(plain.fallback_reason.unwrap().contains("library not found"));
         let text = "backend = \"onnxruntime\"\nfamily = \"bert_embedding\"";
-        match load(&backends, text) {
+        let b = load(&backends, text).unwrap();
+        assert_eq!(b.name, CANDLE);
+        assert!(b.fallback_reason.unwrap().contains("library not found"));
+        // Without Candle, a text family does not try tract: the reason says why.
+        let no_candle = Backends::new()
+            .register(runtime(ONNXRUNTIME, false))
+            .register(runtime(TRACT, true))
+            .register(runtime(CANDLE, false));
+        match load(&no_candle, text) {
             Err(BackendError::Unavailable { backend, reason }) => {
-                assert_eq!(
-                    (backend, reason.as_str()),
-                    (ONNXRUNTIME, "library not found")
-                )
+                assert_eq!(backend, CANDLE);
+                assert!(reason.contains("ONNX Runtime is not available"), "{reason}");
             }
             Err(e) => panic!("{e}"),
             Ok(b) => panic!("loaded by {}", b.name),

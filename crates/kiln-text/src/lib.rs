@@ -333,7 +333,10 @@ mod tests {
         assert_eq!(group_tokens(&cfg(""), cpu), CPU_GROUP_TOKENS);
         assert_eq!(group_tokens(&cfg(""), gpu), usize::MAX);
         assert_eq!(group_tokens(&cfg("max_tokens_per_call = 512"), gpu), 512);
-        assert_eq!(group_tokens(&cfg("max_tokens_per_call = 0"), cpu), usize::MAX);
+        assert_eq!(
+            group_tokens(&cfg("max_tokens_per_call = 0"), cpu),
+            usize::MAX
+        );
     }
 
     #[test]
