@@ -264,11 +264,13 @@ def add_k(k, heavy_layers=0, width=512):
 
 def lifecycle_fixtures(folder):
     """Model files the lifecycle tests copy into version folders of their own
-    repositories: add1..add3 (Y = X + k) and add_slow (Y = X + 9, slower)."""
+    repositories: add1..add3 (Y = X + k), add_slow (Y = X + 9, slower) and add_slower
+    (Y = X + 9, ten times add_slow's work: a canary whose p99 stands far above any noise)."""
     os.makedirs(folder, exist_ok=True)
     for k in (1, 2, 3):
         onnx.save(add_k(k), os.path.join(folder, f"add{k}.onnx"))
     onnx.save(add_k(9, heavy_layers=200), os.path.join(folder, "add_slow.onnx"))
+    onnx.save(add_k(9, heavy_layers=2000), os.path.join(folder, "add_slower.onnx"))
     print("wrote", folder)
 
 

@@ -3,8 +3,8 @@
 //! rollback, and memory over load/unload cycles.
 //!
 //! Fixtures (tests/fixtures/lifecycle, made by scripts/make_models.py): `addK.onnx`
-//! computes Y = X + K on FP32 [batch, 4]; `add_slow.onnx` computes Y = X + 9 about
-//! a thousand times slower. Each test copies them into version folders of its own
+//! computes Y = X + K on FP32 [batch, 4]; `add_slow.onnx` computes Y = X + 9 with
+//! a side path of 200 wide MatMul layers, `add_slower.onnx` with 2,000. Each test copies them into version folders of its own
 //! temporary repository, so an answer tells which file computed it.
 
 mod common;
@@ -576,7 +576,7 @@ fn canary_repo(config: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     place(dir.path(), "m", 1, "add1.onnx");
     place(dir.path(), "m", 2, "add2.onnx");
-    place(dir.path(), "m", 3, "add_slow.onnx");
+    place(dir.path(), "m", 3, "add_slower.onnx");
     std::fs::write(
         dir.path().join("m/config.toml"),
         format!("version_policy = {{ all = true }}\n{config}"),
@@ -777,7 +777,7 @@ fn drive(rt: &tokio::runtime::Runtime, srv: &Server, secs: f64) -> BTreeMap<u64,
 #[test]
 fn rollback_fires_on_a_worse_canary_and_not_on_an_equal_one() {
     let dir = canary_repo(
-        "[traffic]\nstable = 1\ncanary = 2\ncanary_percent = 30\n[rollback]\nmin_requests = 50\nwindow_secs = 20\nmax_error_rate_increase = 0.05\nmax_p99_ratio = 3.0\n",
+        "[traffic]\nstable = 1\ncanary = 2\ncanary_percent = 30\n[rollback]\nmin_requests = 100\nwindow_secs = 20\nmax_error_rate_increase = 0.05\nmax_p99_ratio = 5.0\n",
     );
     let srv = start(dir.path().to_str().unwrap(), &[]);
     let rt = runtime();
@@ -788,7 +788,8 @@ fn rollback_fires_on_a_worse_canary_and_not_on_an_equal_one() {
     let t = traffic(srv.http, "m");
     assert_eq!(t["rolled_back"], Value::Null, "{t}");
     assert_eq!(t["canary_percent"], 30.0);
-    // A candidate a thousand times slower is rolled back.
+    // A candidate far slower is rolled back (its p99 is ~10x stable's here; an
+    // equal one's has reached 3x on this noisy machine, hence 5x).
     set_traffic(srv.http, "m", json!({"canary": 3}));
     let started = Instant::now();
     let mut t = Value::Null;
