@@ -50,7 +50,7 @@ impl ProfileBuilder {
     }
 
     /// Adds one request (or data set batch): its inputs and the model's outputs
-    /// for them. Text (BYTES) tensors are skipped. A tensor whose features differ
+    /// for them (text tensors as their strings' lengths). A tensor whose features differ
     /// from the first seen under its name is an error, and nothing is added.
     pub fn observe(
         &mut self,
@@ -168,7 +168,11 @@ mod tests {
         // Column 0 holds the even numbers 0..78, column 1 the odd ones.
         assert_eq!((x.features[0].min, x.features[0].max), (0.0, 78.0));
         assert_eq!((x.features[1].min, x.features[1].max), (1.0, 79.0));
-        assert!(p.tensor(false, "note").is_none());
+        let note = p.tensor(false, "note").unwrap();
+        assert_eq!(
+            (note.reduction, note.features[0].mean),
+            (Reduction::ByteLength, 1.0)
+        );
         let label = &p.tensor(true, "label").unwrap().features[0];
         assert_eq!(label.edges, [0.0, 1.0]);
         assert_eq!(label.freqs, [0.5, 0.5, 0.0]);

@@ -16,6 +16,9 @@ pub enum Reduction {
     /// `[batch, C, d2, ...]`: feature `c` is the mean of channel `c` over the
     /// remaining dimensions, one value per row (images: per-channel brightness).
     ChannelMean,
+    /// Text (BYTES) `[batch]` or `[batch, k]`: each string's length in UTF-8
+    /// bytes (the tokenizer is the model's, so token counts are not known here).
+    ByteLength,
 }
 
 impl Reduction {
@@ -31,11 +34,19 @@ impl Reduction {
 }
 
 /// The tensor as `rows x features` f64 values (row-major), with its reduction;
-/// `None` for text (BYTES) and for a tensor without a batch dimension. NaN and
-/// infinities are kept as they are: they are what data-quality counts.
+/// `None` for a tensor without a batch dimension. NaN and infinities are kept as
+/// they are: they are what data-quality counts.
 pub fn feature_rows(t: &Tensor) -> Option<(Reduction, usize, Vec<f64>)> {
     if t.dtype() == DataType::Bytes {
-        return None;
+        let rows = *t.shape().first()?;
+        let lengths: Vec<f64> = t
+            .byte_elements()
+            .ok()?
+            .iter()
+            .map(|e| e.len() as f64)
+            .collect();
+        let features = lengths.len().checked_div(rows).unwrap_or(1);
+        return Some((Reduction::ByteLength, features, lengths));
     }
     let (reduction, features) = Reduction::of(t.shape())?;
     let rows = t.shape()[0];
@@ -88,8 +99,12 @@ mod tests {
             feature_rows(&labels).unwrap(),
             (Reduction::Value, 1, vec![1., 0., 7.])
         );
-        let text = Tensor::from_byte_elements(vec![1], &[b"hi".as_slice()]).unwrap();
-        assert!(feature_rows(&text).is_none());
+        let text =
+            Tensor::from_byte_elements(vec![2], &[b"hi".as_slice(), "héllo".as_bytes()]).unwrap();
+        assert_eq!(
+            feature_rows(&text).unwrap(),
+            (Reduction::ByteLength, 1, vec![2., 6.])
+        );
         let empty = Tensor::from_vec(vec![0, 2, 3], Vec::<f32>::new()).unwrap();
         assert_eq!(feature_rows(&empty).unwrap().2, Vec::<f64>::new());
     }

@@ -4,8 +4,8 @@
 //!
 //! A tensor is seen as rows of features ([`features`]): the rows are its batch
 //! dimension, the features its columns (`[batch, F]`), its channels with each
-//! row's mean over the other dimensions (`[batch, C, ...]`, e.g. images), or a
-//! single value per row (`[batch]`).
+//! row's mean over the other dimensions (`[batch, C, ...]`, e.g. images), a
+//! single value per row (`[batch]`), or for text each string's length in bytes.
 
 pub mod builder;
 pub mod drift;
