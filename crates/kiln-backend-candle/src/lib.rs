@@ -127,9 +127,9 @@ impl BertEmbedding {
     }
 
     /// One padded group: mean pooling over real tokens, then L2 normalisation.
-    fn embed(&self, p: &kiln_text::Padded) -> Result<Vec<f32>, candle_core::Error> {
-        let input_ids = CTensor::from_vec(p.ids.clone(), (p.rows, p.len), &self.device)?;
-        let mask = CTensor::from_vec(p.mask.clone(), (p.rows, p.len), &self.device)?;
+    fn embed(&self, p: kiln_text::Padded) -> Result<Vec<f32>, candle_core::Error> {
+        let input_ids = CTensor::from_vec(p.ids, (p.rows, p.len), &self.device)?;
+        let mask = CTensor::from_vec(p.mask, (p.rows, p.len), &self.device)?;
         let type_ids = input_ids.zeros_like()?;
         let hidden = self.model.forward(&input_ids, &type_ids, Some(&mask))?;
         let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;

@@ -194,8 +194,8 @@ impl TextEmbedding {
     }
 
     /// One padded group through the graph: `hidden` floats per row.
-    fn encode(&self, p: &kiln_text::Padded) -> Result<Vec<f32>, BackendError> {
-        let feed = self.feed(p)?;
+    fn encode(&self, p: kiln_text::Padded) -> Result<Vec<f32>, BackendError> {
+        let feed = self.feed(&p)?;
         let out = &self.plan.output;
         self.sessions.with_session(|s| {
             let mut outputs = s.run(feed).map_err(|e| BackendError::Run(e.to_string()))?;

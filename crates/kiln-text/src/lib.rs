@@ -234,12 +234,12 @@ pub fn embed_grouped(
     ids: &[Vec<u32>],
     hidden: usize,
     budget: usize,
-    mut encode: impl FnMut(&Padded) -> Result<Vec<f32>, BackendError>,
+    mut encode: impl FnMut(Padded) -> Result<Vec<f32>, BackendError>,
 ) -> Result<Vec<f32>, BackendError> {
     let mut out = vec![0f32; ids.len() * hidden];
     for group in groups(ids, budget) {
         let rows: Vec<&[u32]> = group.iter().map(|&i| ids[i].as_slice()).collect();
-        let values = encode(&pad(&rows))?;
+        let values = encode(pad(&rows))?;
         if values.len() != group.len() * hidden {
             return Err(BackendError::Run(format!(
                 "the encoder gave {} values for {} rows of {hidden}",
@@ -309,7 +309,7 @@ mod tests {
         assert!(groups(&[], 10).is_empty());
         // Each row's "embedding" is its length, padded width and group size: the
         // result comes back in the rows' order, each group padded to its own longest.
-        let out = embed_grouped(&ids, 2, 10, |p: &Padded| {
+        let out = embed_grouped(&ids, 2, 10, |p: Padded| {
             let mut v = Vec::new();
             for r in 0..p.rows {
                 let real = p.mask[r * p.len..(r + 1) * p.len].iter().sum::<u32>();
