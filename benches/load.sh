@@ -33,6 +33,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
+. benches/lib.sh
 reps=${REPS:-3}
 seconds=${SECONDS_PER_POINT:-4}
 concs=${CONCURRENCY:-"1 16 32"}
@@ -100,9 +101,8 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-target/release/kiln --model-repository "$repo" --http-address 127.0.0.1 --grpc-address 127.0.0.1 \
-  --http-port 0 --grpc-port 0 >"$out/kiln.log" 2>&1 &
-pids+=($!)
+kiln_start "$repo" "$out"
+pids+=("$kiln_pid")
 (cd "$mls" && PYTHONPATH="$peers/mls" MLS_ORT_THREADS=0 MLSERVER_PARALLEL_WORKERS=1 \
   exec "$mlsvenv/bin/python" "$peers/mls/serve_compat.py" "$mls" >"$out/mlserver.log" 2>&1) &
 pids+=($!)
@@ -113,10 +113,7 @@ pids+=($!)
  exec "$ptvenv/bin/python" benches/peers/pytriton_serve.py "mlp_tiny=$out/models/mlp_tiny/1/model.onnx" \
    "mlp_heavy=$out/models/mlp_heavy/1/model.onnx" >"$out/triton.log" 2>&1) &
 pids+=($!)
-for _ in $(seq 150); do grep -q "model repository loaded" "$out/kiln.log" && break; sleep 0.2; done
 strip() { sed 's/\x1b\[[0-9;]*m//g' "$1"; }
-kiln_http=$(strip "$out/kiln.log" | sed -n 's/.*HTTP listening on [0-9.]*:\([0-9]*\).*/\1/p')
-kiln_grpc=$(strip "$out/kiln.log" | sed -n 's/.*gRPC listening on [0-9.]*:\([0-9]*\).*/\1/p')
 for _ in $(seq 120); do curl -sf "http://127.0.0.1:$mls_http/v2/health/ready" >/dev/null && break; sleep 0.5; done
 curl -sf "http://127.0.0.1:$mls_http/v2/health/ready" >/dev/null || { echo "MLServer did not start"; tail -30 "$out/mlserver.log"; exit 1; }
 for _ in $(seq 240); do curl -sf "http://127.0.0.1:$pyt_http/v2/models/mlp_heavy/ready" >/dev/null && break; sleep 0.5; done
@@ -133,19 +130,14 @@ cat "$out/machine.txt"
 
 # Each server's CPU is its whole process tree's: MLServer's inference workers and
 # Triton's tritonserver and Python-backend stubs are children of the pids started here.
-kiln_pid=${pids[0]}; mls_pid=${pids[1]}; pyt_pid=${pids[2]}
-stats() { # "inferences executions" of MODEL from the statistics extension at HTTP PORT, or "0 0"
-  curl -sf "http://127.0.0.1:$1/v2/models/$2/stats" | "$venv/bin/python" -c '
-import json, sys
-s = json.load(sys.stdin)["model_stats"][0]; print(s["inference_count"], s["execution_count"])' 2>/dev/null || echo "0 0"
-}
+mls_pid=${pids[1]}; pyt_pid=${pids[2]}
 point() { # target model port http_port pid concurrency rep [kiln-bench options]
   local f="$out/$1__$2__c$6__r$7" before after
-  before=$(stats "$4" "$2")
+  before=$(model_stats "$venv/bin/python" "$4" "$2")
   timeout 120 target/release/kiln-bench -u "127.0.0.1:$3" -m "$2" --concurrency "$6" --warmup-secs 1 \
     --duration-secs "$seconds" --server-pid "$5" --progress false --report "$f.json" "${@:8}" >"$f.log" 2>&1 \
     || echo "kiln-bench failed: $1 $2 c$6 rep $7 (see $f.log)"
-  after=$(stats "$4" "$2")
+  after=$(model_stats "$venv/bin/python" "$4" "$2")
   echo "$before $after" >"$f.stats"
   printf '%s %s c=%s rep %s: %s\n' "$1" "$2" "$6" "$7" "$(grep -m1 -i 'throughput' "$f.log" | xargs)"
 }

@@ -25,6 +25,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
+. benches/lib.sh
 reps=${REPS:-3}
 seconds=${SECONDS_PER_POINT:-4}
 concs=${CONCURRENCY:-"1 8 32"}
@@ -79,19 +80,13 @@ cat >"$mls/minilm/model-settings.json" <<JSON
  "parameters": {"uri": "$st_model", "version": "1"}}
 JSON
 
-short="A man is eating a piece of bread today."
-seed="The quick brown fox jumps over the lazy dog while the server answers every request in order. "
-long="${seed}${seed}${seed}${seed}${seed}${seed}one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen"
-for len in short long; do
-  printf '{"inputs": [{"name": "text", "shape": [1, 1], "datatype": "BYTES", "data": ["%s"]}]}' "${!len}" >"$out/$len.json"
-done
+minilm_requests "$out"
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
-target/release/kiln --model-repository "$repo" --http-address 127.0.0.1 --grpc-address 127.0.0.1 \
-  --http-port 0 --grpc-port 0 >"$out/kiln.log" 2>&1 &
-pids+=($!)
+kiln_start "$repo" "$out"
+pids+=("$kiln_pid")
 (cd "$mls" && PYTHONPATH="$root/benches/peers/minilm:$peers/mls" MLSERVER_PARALLEL_WORKERS=1 \
   exec "$stvenv/bin/python" "$peers/mls/serve_compat.py" "$mls" >"$out/mlserver.log" 2>&1) &
 pids+=($!)
@@ -101,10 +96,6 @@ pids+=($!)
    LD_LIBRARY_PATH=$("$stvenv/bin/python" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
  exec "$stvenv/bin/python" benches/peers/minilm/pytriton_st.py "$st_model" >"$out/triton.log" 2>&1) &
 pids+=($!)
-for _ in $(seq 300); do grep -q "model repository loaded" "$out/kiln.log" && break; sleep 0.2; done
-strip() { sed 's/\x1b\[[0-9;]*m//g' "$1"; }
-kiln_http=$(strip "$out/kiln.log" | sed -n 's/.*HTTP listening on [0-9.]*:\([0-9]*\).*/\1/p')
-kiln_grpc=$(strip "$out/kiln.log" | sed -n 's/.*gRPC listening on [0-9.]*:\([0-9]*\).*/\1/p')
 wait_ready() { # name port
   for _ in $(seq 360); do curl -sf "http://127.0.0.1:$2/v2/models/minilm/ready" >/dev/null && return 0; sleep 0.5; done
   echo "$1 did not get ready"; tail -30 "$out/$1.log"; exit 1
@@ -121,19 +112,14 @@ wait_ready triton "$pyt_http"
 } >"$out/machine.txt"
 cat "$out/machine.txt"
 
-kiln_pid=${pids[0]}; mls_pid=${pids[1]}; pyt_pid=${pids[2]}
-stats() { # "inferences executions" of MODEL from the statistics extension at HTTP PORT, or "0 0"
-  curl -sf "http://127.0.0.1:$1/v2/models/$2/stats" | "$venv/bin/python" -c '
-import json, sys
-s = json.load(sys.stdin)["model_stats"][0]; print(s["inference_count"], s["execution_count"])' 2>/dev/null || echo "0 0"
-}
+mls_pid=${pids[1]}; pyt_pid=${pids[2]}
 point() { # target model grpc_port http_port pid length concurrency rep
   local f="$out/$1__$6__c$7__r$8" before after
-  before=$(stats "$4" "$2")
+  before=$(model_stats "$venv/bin/python" "$4" "$2")
   timeout 120 target/release/kiln-bench -u "127.0.0.1:$3" -m "$2" --concurrency "$7" --warmup-secs 1 \
     --duration-secs "$seconds" --server-pid "$5" --progress false --input-data "$out/$6.json" \
     --report "$f.json" >"$f.log" 2>&1 || echo "kiln-bench failed: $1 $6 c$7 rep $8 (see $f.log)"
-  after=$(stats "$4" "$2")
+  after=$(model_stats "$venv/bin/python" "$4" "$2")
   echo "$before $after" >"$f.stats"
   printf '%s %s c=%s rep %s: %s\n' "$1" "$6" "$7" "$8" "$(grep -m1 -i 'throughput' "$f.log" | xargs)"
 }

@@ -13,6 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
+. benches/lib.sh
 reps=${REPS:-5}
 seconds=${SECONDS_PER_POINT:-6}
 short_c=${SHORT_C:-16}
@@ -29,18 +30,10 @@ for m in grouped whole; do
   cp models/minilm/config.toml "$repo/$m/config.toml"
 done
 echo "max_tokens_per_call = 0" >>"$repo/whole/config.toml"
-short="A man is eating a piece of bread today."
-seed="The quick brown fox jumps over the lazy dog while the server answers every request in order. "
-long="${seed}${seed}${seed}${seed}${seed}${seed}one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen"
-for len in short long; do
-  printf '{"inputs": [{"name": "text", "shape": [1, 1], "datatype": "BYTES", "data": ["%s"]}]}' "${!len}" >"$out/$len.json"
-done
-target/release/kiln --model-repository "$repo" --http-address 127.0.0.1 --grpc-address 127.0.0.1 \
-  --http-port 0 --grpc-port 0 >"$out/kiln.log" 2>&1 &
-pid=$!
+minilm_requests "$out"
+kiln_start "$repo" "$out"
+pid=$kiln_pid grpc=$kiln_grpc
 trap 'kill $pid 2>/dev/null || true' EXIT
-for _ in $(seq 300); do grep -q "model repository loaded" "$out/kiln.log" && break; sleep 0.2; done
-grpc=$(sed 's/\x1b\[[0-9;]*m//g' "$out/kiln.log" | sed -n 's/.*gRPC listening on [0-9.]*:\([0-9]*\).*/\1/p')
 echo "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); kiln $(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty'); short c=$short_c + long c=$long_c, ${seconds} s per point, reps $reps" | tee "$out/machine.txt"
 for rep in $(seq "$reps"); do
   for m in grouped whole; do
